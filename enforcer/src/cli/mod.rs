@@ -1,0 +1,69 @@
+//! One file per subcommand.
+
+mod audit;
+mod daemon;
+mod detach;
+mod logging;
+mod policy;
+mod run;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Just-in-time access control between AI agents and the infrastructure they touch.
+///
+/// enforcer attaches eBPF programs to a workload's cgroup so that every connection any process
+/// in it opens goes to enforcer's proxy, which decides per policy: a named resource, an egress
+/// rule, or deny (the default). Every decision is logged and kept in a hash-chained audit log.
+#[derive(Debug, Parser)]
+#[command(name = "enforcer", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Daemon(daemon::DaemonArgs),
+    Detach(detach::DetachArgs),
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Options every enforcing command shares.
+#[derive(Debug, Args)]
+struct EnforceArgs {
+    /// Policy directory (*.yaml files). Checked before anything is attached.
+    #[arg(long, value_name = "DIR")]
+    policy: PathBuf,
+    /// Where the audit log and the enforcement log are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/enforcer")]
+    state: PathBuf,
+    /// Admin API (/healthz, /metrics); must be a loopback address. Port 0 picks one.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// bpffs mount holding enforcer's pins (mounted there if it is not one yet).
+    #[arg(long, value_name = "DIR", default_value = enforcer::redirect::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Proxy port on 127.0.0.1 and ::1; 0 picks a free one.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    proxy_port: u16,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Daemon(args) => daemon::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

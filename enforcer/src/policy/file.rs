@@ -1,0 +1,72 @@
+//! The YAML shape of a policy file, exactly as written by people. Every field that validation may
+//! complain about is `Spanned` so the complaint can name its line and column.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub resources: Vec<ResourceSpec>,
+    #[serde(default)]
+    pub egress: Vec<EgressSpec>,
+    #[serde(default)]
+    pub dns: Option<DnsSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    pub name: Spanned<String>,
+    pub protocol: Spanned<String>,
+    /// `IP:port` or `[IPv6]:port` the workload connects to.
+    pub addresses: Spanned<Vec<Spanned<String>>>,
+    /// Host names the resource answers to (TLS SNI, HTTP Host), for the protocol handlers.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Where enforcer connects; defaults to the address the workload asked for.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub credential: Option<Spanned<CredentialSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    /// Name of an environment variable of the enforcer process.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+    /// Path of a file readable by enforcer (not by the workload).
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    /// User name presented upstream with the secret, where the protocol has one.
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    pub name: Spanned<String>,
+    /// CIDRs (or single addresses) the rule allows.
+    pub to: Spanned<Vec<Spanned<String>>>,
+    /// Ports or inclusive ranges such as `8000-8100`; empty or absent means every port.
+    #[serde(default)]
+    pub ports: Vec<Spanned<PortSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    One(u64),
+    Range(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// `IP:port` of the resolver UDP/53 is sent to. Without a `dns` section DNS is denied.
+    pub resolver: Spanned<String>,
+}

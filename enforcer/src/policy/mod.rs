@@ -1,0 +1,472 @@
+//! Policy: the reviewed-like-code description of what a workload may reach.
+//!
+//! A policy is a directory of `*.yaml` files. Loading parses every file, validates every entry
+//! and reports *all* problems at once as `file:line:col: message`, so a reviewer fixes a policy in
+//! one round. The validated [`Policy`] is what the proxy routes with ([`route`]).
+
+mod file;
+mod route;
+
+pub use route::{Route, RouteTarget};
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+
+/// One complaint about a policy, pointing at where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy directory {path}: {source}")]
+    ReadDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read policy file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("policy directory {0} holds no *.yaml file")]
+    Empty(PathBuf),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// The protocol a resource speaks; decides which handler the proxy gives its connections to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Postgres,
+    Mysql,
+    Kubernetes,
+    Ssh,
+    Http,
+}
+
+impl Protocol {
+    const NAMES: &'static [&'static str] = &["postgres", "mysql", "kubernetes", "ssh", "http"];
+
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "postgres" => Protocol::Postgres,
+            "mysql" => Protocol::Mysql,
+            "kubernetes" => Protocol::Kubernetes,
+            "ssh" => Protocol::Ssh,
+            "http" => Protocol::Http,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+            Protocol::Kubernetes => "kubernetes",
+            Protocol::Ssh => "ssh",
+            Protocol::Http => "http",
+        }
+    }
+
+    /// Protocols where enforcer authenticates upstream and so must know the real secret.
+    fn needs_credential(self) -> bool {
+        !matches!(self, Protocol::Http)
+    }
+}
+
+/// Where the real secret for a resource comes from. Read by enforcer only, at use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub source: CredentialSource,
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    pub protocol: Protocol,
+    pub addresses: Vec<SocketAddr>,
+    pub hosts: Vec<String>,
+    pub upstream: Option<SocketAddr>,
+    pub credential: Option<Credential>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    pub name: String,
+    pub to: Vec<IpNet>,
+    /// Inclusive ranges; empty means every port.
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl EgressRule {
+    pub fn matches(&self, dst: &SocketAddr) -> bool {
+        let ip = canonical_ip(dst.ip());
+        self.to.iter().any(|net| net.contains(&ip))
+            && (self.ports.is_empty()
+                || self.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&dst.port())))
+    }
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub resources: Vec<Resource>,
+    pub egress: Vec<EgressRule>,
+    /// Resolver UDP/53 is sent to; `None` denies DNS.
+    pub dns_resolver: Option<SocketAddr>,
+}
+
+/// IPv4 addresses in v4-mapped IPv6 form compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+impl Policy {
+    /// Loads and validates every `*.yaml`/`*.yml` file in `dir` (sorted, so errors come in a
+    /// stable order).
+    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|source| PolicyError::ReadDir { path: dir.to_owned(), source })?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|source| PolicyError::ReadDir { path: dir.to_owned(), source })?;
+            let path = entry.path();
+            let is_yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+            if is_yaml && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError::Empty(dir.to_owned()));
+        }
+        let mut sources = Vec::with_capacity(files.len());
+        for path in files {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| PolicyError::ReadFile { path: path.clone(), source })?;
+            sources.push((path, text));
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// Validates policy text already in memory; `(file name, text)` pairs.
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyError> {
+        let mut v = Validator::default();
+        for (path, text) in sources {
+            v.file(path, text);
+        }
+        v.finish()
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    diagnostics: Vec<Diagnostic>,
+    policy: Policy,
+    /// name → where it was first defined, across all files.
+    names: HashMap<String, (PathBuf, Location)>,
+    dns_seen: Option<(PathBuf, Location)>,
+    current: PathBuf,
+}
+
+impl Validator {
+    fn error(&mut self, at: Location, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            file: self.current.clone(),
+            line: at.line().max(1),
+            column: at.column().max(1),
+            message: message.into(),
+        });
+    }
+
+    fn file(&mut self, path: &Path, text: &str) {
+        self.current = path.to_owned();
+        if text.trim().is_empty() {
+            return;
+        }
+        let parsed: file::PolicyFile = match serde_saphyr::from_str(text) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                let at = err.location().unwrap_or(Location::UNKNOWN);
+                let message = plain_message(&err);
+                self.error(at, message);
+                return;
+            }
+        };
+        for resource in parsed.resources {
+            self.resource(resource);
+        }
+        for rule in parsed.egress {
+            self.egress(rule);
+        }
+        if let Some(dns) = parsed.dns {
+            self.dns(dns);
+        }
+    }
+
+    fn unique_name(&mut self, name: &Spanned<String>, what: &str) -> bool {
+        let value = name.value.trim();
+        if value.is_empty() {
+            self.error(name.referenced, format!("{what} name must not be empty"));
+            return false;
+        }
+        if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            self.error(
+                name.referenced,
+                format!("{what} name {value:?} may only hold letters, digits, '-', '_' and '.'"),
+            );
+            return false;
+        }
+        if let Some((file, at)) = self.names.get(value) {
+            let message = format!(
+                "duplicate name {value:?}: already defined at {}:{}:{}",
+                file.display(),
+                at.line(),
+                at.column()
+            );
+            self.error(name.referenced, message);
+            return false;
+        }
+        self.names.insert(value.to_owned(), (self.current.clone(), name.referenced));
+        true
+    }
+
+    fn socket_addr(&mut self, text: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match text.value.trim().parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => {
+                self.error(text.referenced, format!("{what} {:?} has port 0", text.value));
+                None
+            }
+            Ok(addr) => Some(canonical_addr(addr)),
+            Err(_) => {
+                self.error(
+                    text.referenced,
+                    format!(
+                        "{what} {:?} is not IP:port (use [IPv6]:port for IPv6; host names go in `hosts`)",
+                        text.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn resource(&mut self, spec: file::ResourceSpec) {
+        let name_ok = self.unique_name(&spec.name, "resource");
+        let protocol = Protocol::parse(spec.protocol.value.trim());
+        if protocol.is_none() {
+            self.error(
+                spec.protocol.referenced,
+                format!(
+                    "unknown protocol {:?}; expected one of: {}",
+                    spec.protocol.value,
+                    Protocol::NAMES.join(", ")
+                ),
+            );
+        }
+        if spec.addresses.value.is_empty() {
+            self.error(spec.addresses.referenced, "resource needs at least one address");
+        }
+        let addresses: Vec<_> = spec
+            .addresses
+            .value
+            .iter()
+            .filter_map(|a| self.socket_addr(a, "address"))
+            .collect();
+        let upstream = spec.upstream.as_ref().and_then(|u| self.socket_addr(u, "upstream"));
+        let credential = match (&spec.credential, protocol) {
+            (Some(cred), _) => self.credential(cred),
+            (None, Some(p)) if p.needs_credential() => {
+                self.error(
+                    spec.name.referenced,
+                    format!(
+                        "resource {:?} ({}) has no credential source: add `credential: {{env: VAR}}` or `credential: {{file: PATH}}`",
+                        spec.name.value,
+                        p.as_str()
+                    ),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        for host in &spec.hosts {
+            if host.value.trim().is_empty() || host.value.contains(char::is_whitespace) {
+                self.error(host.referenced, format!("host name {:?} is not valid", host.value));
+            }
+        }
+        if let (true, Some(protocol)) = (name_ok, protocol) {
+            self.policy.resources.push(Resource {
+                name: spec.name.value.trim().to_owned(),
+                protocol,
+                addresses,
+                hosts: spec.hosts.into_iter().map(|h| h.value).collect(),
+                upstream,
+                credential,
+            });
+        }
+    }
+
+    fn credential(&mut self, cred: &Spanned<file::CredentialSpec>) -> Option<Credential> {
+        let source = match (&cred.value.env, &cred.value.file) {
+            (Some(env), None) if !env.value.trim().is_empty() => {
+                CredentialSource::Env(env.value.trim().to_owned())
+            }
+            (None, Some(file)) if !file.value.trim().is_empty() => {
+                CredentialSource::File(PathBuf::from(file.value.trim()))
+            }
+            (Some(_), Some(_)) => {
+                self.error(cred.referenced, "credential takes exactly one of `env` or `file`");
+                return None;
+            }
+            _ => {
+                self.error(
+                    cred.referenced,
+                    "credential source is missing: give `env: VAR` or `file: PATH`",
+                );
+                return None;
+            }
+        };
+        Some(Credential { source, username: cred.value.username.clone() })
+    }
+
+    fn egress(&mut self, spec: file::EgressSpec) {
+        let name_ok = self.unique_name(&spec.name, "egress rule");
+        if spec.to.value.is_empty() {
+            self.error(spec.to.referenced, "egress rule needs at least one CIDR in `to`");
+        }
+        let mut to = Vec::new();
+        for cidr in &spec.to.value {
+            let text = cidr.value.trim();
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| match net {
+                    IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                        Some(v4) if v6.prefix_len() >= 96 => IpNet::new(
+                            IpAddr::V4(v4),
+                            v6.prefix_len() - 96,
+                        )
+                        .unwrap_or(IpNet::V6(v6)),
+                        _ => IpNet::V6(v6),
+                    },
+                    v4 => v4,
+                });
+            match parsed {
+                Ok(net) if net.trunc() != net => self.error(
+                    cidr.referenced,
+                    format!("CIDR {text:?} has host bits set; did you mean {}?", net.trunc()),
+                ),
+                Ok(net) => to.push(net),
+                Err(_) => self.error(
+                    cidr.referenced,
+                    format!("{text:?} is not a CIDR (like 10.0.0.0/8 or ::1/128) or an IP address"),
+                ),
+            }
+        }
+        let mut ports = Vec::new();
+        for port in &spec.ports {
+            match parse_ports(&port.value) {
+                Ok(range) => ports.push(range),
+                Err(message) => self.error(port.referenced, message),
+            }
+        }
+        if name_ok {
+            self.policy.egress.push(EgressRule { name: spec.name.value.trim().to_owned(), to, ports });
+        }
+    }
+
+    fn dns(&mut self, spec: file::DnsSpec) {
+        if let Some((file, at)) = &self.dns_seen {
+            let message = format!(
+                "dns is already configured at {}:{}:{}",
+                file.display(),
+                at.line(),
+                at.column()
+            );
+            self.error(spec.resolver.referenced, message);
+            return;
+        }
+        self.dns_seen = Some((self.current.clone(), spec.resolver.referenced));
+        self.policy.dns_resolver = self.socket_addr(&spec.resolver, "dns resolver");
+    }
+
+    fn finish(self) -> Result<Policy, PolicyError> {
+        if self.diagnostics.is_empty() {
+            Ok(self.policy)
+        } else {
+            Err(PolicyError::Invalid(self.diagnostics))
+        }
+    }
+}
+
+fn parse_ports(spec: &file::PortSpec) -> Result<(u16, u16), String> {
+    let one = |n: u64| -> Result<u16, String> {
+        u16::try_from(n)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("port {n} is out of range 1-65535"))
+    };
+    match spec {
+        file::PortSpec::One(n) => one(*n).map(|p| (p, p)),
+        file::PortSpec::Range(text) => {
+            let parse = |s: &str| -> Result<u16, String> {
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("{text:?} is not a port or a range like 8000-8100"))
+                    .and_then(one)
+            };
+            let (lo, hi) = match text.split_once('-') {
+                Some((lo, hi)) => (parse(lo)?, parse(hi)?),
+                None => {
+                    let p = parse(text)?;
+                    (p, p)
+                }
+            };
+            if lo > hi {
+                return Err(format!("port range {text:?} is reversed"));
+            }
+            Ok((lo, hi))
+        }
+    }
+}
+
+/// serde-saphyr's message without its own position suffix or source snippet: the diagnostic
+/// carries the position in `file:line:col` form.
+fn plain_message(err: &serde_saphyr::Error) -> String {
+    let text = err.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    match first.rfind(" at line ") {
+        Some(i) => first[..i].to_owned(),
+        None => first.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+use std::path::PathBuf;
+
+use super::*;
+
+fn load(text: &str) -> Result<Policy, PolicyError> {
+    Policy::from_sources(&[(PathBuf::from("p.yaml"), text.to_owned())])
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(policy) => panic!("expected errors, policy loaded: {policy:?}"),
+        Err(PolicyError::Invalid(diags)) => diags.iter().map(ToString::to_string).collect(),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+const GOOD: &str = "\
+resources:
+  - name: orders-db
+    protocol: postgres
+    addresses: [\"127.0.0.1:5432\", \"[::1]:5432\"]
+    credential: {env: ORDERS_DB_PASSWORD, username: app}
+egress:
+  - name: mirror
+    to: [127.0.0.0/8]
+    ports: [8080, \"9000-9010\"]
+  - name: anything-v6
+    to: [\"::1/128\"]
+dns:
+  resolver: 127.0.0.53:53
+";
+
+#[test]
+fn good_policy_loads_and_routes() {
+    let policy = load(GOOD).expect("valid policy");
+    let route = |s: &str| policy.route(s.parse().expect("addr"));
+    assert_eq!(route("127.0.0.1:5432").rule(), Some("orders-db"));
+    assert_eq!(route("[::ffff:127.0.0.1]:5432").rule(), Some("orders-db"));
+    assert_eq!(route("[::1]:5432").rule(), Some("orders-db"));
+    assert_eq!(route("127.0.0.9:8080").rule(), Some("mirror"));
+    assert_eq!(route("127.0.0.9:9005").rule(), Some("mirror"));
+    assert_eq!(route("[::ffff:127.0.0.9]:9010").rule(), Some("mirror"));
+    assert_eq!(route("[::1]:1234").rule(), Some("anything-v6"));
+    assert_eq!(route("127.0.0.9:9011").kind(), "deny");
+    assert_eq!(route("10.0.0.5:8080").kind(), "deny");
+    assert_eq!(policy.dns_resolver, Some("127.0.0.53:53".parse().expect("addr")));
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let errs = errors("resources:\n  - name: a\n    protocol: http\n    adresses: [\"127.0.0.1:80\"]\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("p.yaml:4:"), "{errs:?}");
+    assert!(errs[0].contains("adresses"), "{errs:?}");
+}
+
+#[test]
+fn every_semantic_error_is_reported_with_its_position() {
+    let text = "\
+resources:
+  - name: db
+    protocol: postgres
+    addresses: [\"127.0.0.1:5432\"]
+  - name: db
+    protocol: gopher
+    addresses: [\"localhost:80\"]
+egress:
+  - name: bad
+    to: [10.0.0.1/8, 300.1.1.1/32]
+    ports: [0, \"9-1\", 70000, \"x\"]
+";
+    let errs = errors(text);
+    let expect = [
+        "p.yaml:2:11: resource \"db\" (postgres) has no credential source",
+        "p.yaml:5:11: duplicate name \"db\": already defined at p.yaml:2:11",
+        "p.yaml:6:15: unknown protocol \"gopher\"",
+        "p.yaml:7:17: address \"localhost:80\" is not IP:port",
+        "p.yaml:10:10: CIDR \"10.0.0.1/8\" has host bits set; did you mean 10.0.0.0/8?",
+        "p.yaml:10:22: \"300.1.1.1/32\" is not a CIDR",
+        "p.yaml:11:13: port 0 is out of range",
+        "p.yaml:11:16: port range \"9-1\" is reversed",
+        "p.yaml:11:23: port 70000 is out of range",
+        "p.yaml:11:30: \"x\" is not a port",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for (got, want) in errs.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
+    }
+}
+
+#[test]
+fn credential_needs_exactly_one_source() {
+    let base = "resources:\n  - name: db\n    protocol: mysql\n    addresses: [\"127.0.0.1:3306\"]\n";
+    let errs = errors(&format!("{base}    credential: {{}}\n"));
+    assert!(errs[0].contains("credential source is missing"), "{errs:?}");
+    let errs = errors(&format!("{base}    credential: {{env: A, file: /b}}\n"));
+    assert!(errs[0].contains("exactly one"), "{errs:?}");
+}
+
+#[test]
+fn duplicates_across_files_and_broken_yaml() {
+    let a = (PathBuf::from("a.yaml"), "egress:\n  - name: x\n    to: [127.0.0.1]\n".to_owned());
+    let b = (PathBuf::from("b.yaml"), "egress:\n  - name: x\n    to: [127.0.0.2]\n".to_owned());
+    let c = (PathBuf::from("c.yaml"), "egress: [\n".to_owned());
+    let Err(PolicyError::Invalid(diags)) = Policy::from_sources(&[a, b, c]) else {
+        panic!("expected errors");
+    };
+    let text: Vec<_> = diags.iter().map(ToString::to_string).collect();
+    assert!(text[0].starts_with("b.yaml:2:11: duplicate name \"x\": already defined at a.yaml:2:11"), "{text:?}");
+    assert!(text[1].starts_with("c.yaml:"), "{text:?}");
+    assert_eq!(text.len(), 2);
+}
+
+#[test]
+fn wrong_types_are_errors_not_panics() {
+    for text in [
+        "resources: 5\n",
+        "egress:\n  - name: [1]\n    to: []\n",
+        "dns: {resolver: nope}\n",
+        "- a\n- b\n",
+        "\t\t:\n",
+        "egress:\n  - name: x\n    to: [\"::ffff:10.0.0.0/104\"]\n    ports: [-1]\n",
+    ] {
+        let _ = errors(text);
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = load(&text);
+    }
+
+    #[test]
+    fn yaml_like_text_never_panics(text in "(resources|egress|dns|name|to|ports|[-:\\[\\]{}, \n0-9a-z./\"])*") {
+        let _ = load(&text);
+    }
+}

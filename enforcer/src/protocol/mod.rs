@@ -1,0 +1,48 @@
+//! Protocol handlers: one per protocol a resource can speak, behind one trait, so adding a
+//! protocol touches neither the redirect nor the router.
+//!
+//! Until a protocol's own handler exists its resources are relayed as plain TCP
+//! ([`PassThrough`]), recorded like egress.
+
+use std::{future::Future, net::SocketAddr, pin::Pin};
+
+use tokio::net::TcpStream;
+
+use crate::policy::{Protocol, Resource};
+use crate::proxy::{Connection, RelayError, RelayStats, relay};
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<RelayStats, RelayError>> + Send + 'a>>;
+
+/// Serves one workload connection to a resource.
+pub trait ProtocolHandler: Send + Sync {
+    fn serve<'a>(
+        &'a self,
+        conn: &'a Connection,
+        client: &'a mut TcpStream,
+        resource: &'a Resource,
+    ) -> HandlerFuture<'a>;
+}
+
+/// Plain TCP relay to the resource's upstream (or the original destination).
+pub struct PassThrough;
+
+impl ProtocolHandler for PassThrough {
+    fn serve<'a>(
+        &'a self,
+        conn: &'a Connection,
+        client: &'a mut TcpStream,
+        resource: &'a Resource,
+    ) -> HandlerFuture<'a> {
+        let upstream: SocketAddr = resource.upstream.unwrap_or(conn.orig_dst);
+        Box::pin(relay(client, upstream))
+    }
+}
+
+/// The handler for a protocol.
+pub fn handler_for(protocol: Protocol) -> &'static dyn ProtocolHandler {
+    match protocol {
+        Protocol::Postgres | Protocol::Mysql | Protocol::Kubernetes | Protocol::Ssh | Protocol::Http => {
+            &PassThrough
+        }
+    }
+}

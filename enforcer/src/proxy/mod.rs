@@ -1,0 +1,244 @@
+//! The userspace proxy every workload connection is redirected into.
+//!
+//! accept → take the kernel's record of the original destination (by the client's address) →
+//! route by policy → deny (close at once), egress (TCP relay) or resource (protocol handler) →
+//! record the decision and the outcome.
+
+mod connection;
+mod relay;
+
+pub use connection::Connection;
+pub use relay::{RelayError, RelayStats, connect_upstream, relay};
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::{
+    metrics::{ConnectionLabels, DirectionLabels, Metrics},
+    policy::{Policy, Route, RouteTarget},
+    protocol,
+    record::{ConnectionClosed, ConnectionDecided, Event, Recorder},
+    redirect::{Redirect, proxy_addrs},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything a connection task needs.
+pub struct Proxy {
+    pub workload: String,
+    pub policy: Arc<Policy>,
+    pub redirect: Arc<Mutex<Redirect>>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub port: u16,
+    next_id: AtomicU64,
+}
+
+/// The proxy's two listeners, IPv4 and IPv6 loopback, on one port.
+pub struct Listeners {
+    pub v4: TcpListener,
+    pub v6: Option<TcpListener>,
+    pub port: u16,
+}
+
+impl Listeners {
+    /// Binds 127.0.0.1:`port` and [::1]:`port`. Port 0 picks a port free on both.
+    pub fn bind(port: u16) -> Result<Listeners, ProxyError> {
+        let attempts = if port == 0 { 32 } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            let [v4_addr, v6_addr] = proxy_addrs(port);
+            let v4 = listen(v4_addr)?;
+            let port = v4.local_addr().map_err(|source| ProxyError::Bind { addr: v4_addr, source })?.port();
+            let v6_addr = SocketAddr::new(v6_addr.ip(), port);
+            match listen(v6_addr) {
+                Ok(v6) => return Ok(Listeners { v4, v6: Some(v6), port }),
+                // No IPv6 on this host: IPv6 connects then fail, which is what we want anyway.
+                Err(ProxyError::Bind { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                {
+                    return Ok(Listeners { v4, v6: None, port });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ProxyError::Bind {
+            addr: proxy_addrs(port)[1],
+            source: std::io::Error::other("no port free on both loopback addresses"),
+        }))
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let err = |source| ProxyError::Bind { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(4096).map_err(err)
+}
+
+impl Proxy {
+    pub fn new(
+        workload: String,
+        policy: Arc<Policy>,
+        redirect: Arc<Mutex<Redirect>>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        port: u16,
+    ) -> Self {
+        // Ids unique across restarts of the daemon: start from the clock.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Proxy { workload, policy, redirect, recorder, metrics, port, next_id: AtomicU64::new(start) }
+    }
+
+    /// Accepts on every listener until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listeners: Listeners) {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self).accept_loop(listeners.v4));
+        if let Some(v6) = listeners.v6 {
+            tasks.spawn(Arc::clone(&self).accept_loop(v6));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let accepted = Instant::now();
+                    let proxy = Arc::clone(&self);
+                    tokio::spawn(async move { proxy.handle(stream, peer, accepted).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; connections wait in
+                    // the backlog meanwhile.
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn route(&self, conn: &Connection) -> Route {
+        if proxy_addrs(self.port).contains(&crate::policy::canonical_addr(conn.orig_dst)) {
+            return Route {
+                target: RouteTarget::Deny { reason: "connection to enforcer's own proxy port".into() },
+            };
+        }
+        self.policy.route(conn.orig_dst)
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let orig = match self.redirect.lock() {
+            Ok(mut redirect) => redirect.take_orig_dst(peer),
+            Err(poisoned) => poisoned.into_inner().take_orig_dst(peer),
+        };
+        let Some(orig) = orig else {
+            self.metrics.orig_dst_misses.inc();
+            self.metrics.accept_latency.observe(accepted.elapsed().as_secs_f64());
+            let event = ConnectionDecided {
+                connection: id,
+                workload: self.workload.clone(),
+                process: None,
+                peer,
+                orig_dst: None,
+                decision: "deny".into(),
+                route: "deny".into(),
+                rule: None,
+                reason: Some("no kernel record of the original destination (not from the enforced workload?)".into()),
+            };
+            self.count("deny", "deny", "");
+            let _ = self.recorder.record(Event::ConnectionDecided(event)).await;
+            reset(stream);
+            return;
+        };
+        let conn = Connection::new(id, &self.workload, peer, &orig);
+        let route = self.route(&conn);
+        self.metrics.accept_latency.observe(accepted.elapsed().as_secs_f64());
+        let decision = if matches!(route.target, RouteTarget::Deny { .. }) { "deny" } else { "allow" };
+        self.count(route.kind(), decision, route.rule().unwrap_or(""));
+        let decided = ConnectionDecided {
+            connection: id,
+            workload: self.workload.clone(),
+            process: Some(conn.process.clone()),
+            peer,
+            orig_dst: Some(conn.orig_dst),
+            decision: decision.into(),
+            route: route.kind().into(),
+            rule: route.rule().map(str::to_owned),
+            reason: match &route.target {
+                RouteTarget::Deny { reason } => Some(reason.clone()),
+                _ => None,
+            },
+        };
+        if self.recorder.record(Event::ConnectionDecided(decided)).await.is_err() {
+            // Cannot record: fail closed.
+            reset(stream);
+            return;
+        }
+        let started = Instant::now();
+        self.metrics.active_connections.inc();
+        let result = match &route.target {
+            RouteTarget::Deny { .. } => {
+                self.metrics.active_connections.dec();
+                reset(stream);
+                return;
+            }
+            RouteTarget::Egress { .. } => relay(&mut stream, conn.orig_dst).await,
+            RouteTarget::Resource(resource) => {
+                protocol::handler_for(resource.protocol).serve(&conn, &mut stream, resource).await
+            }
+        };
+        self.metrics.active_connections.dec();
+        let (stats, error) = match result {
+            Ok(stats) => (stats, None),
+            Err(RelayError::Io { stats, ref source, .. }) => (stats, Some(source.to_string())),
+            Err(e) => (RelayStats::default(), Some(e.to_string())),
+        };
+        self.metrics.relay_bytes.get_or_create(&DirectionLabels { direction: "to_upstream".into() }).inc_by(stats.to_upstream);
+        self.metrics.relay_bytes.get_or_create(&DirectionLabels { direction: "to_client".into() }).inc_by(stats.to_client);
+        let closed = ConnectionClosed {
+            connection: id,
+            workload: self.workload.clone(),
+            rule: route.rule().map(str::to_owned),
+            bytes_to_upstream: stats.to_upstream,
+            bytes_to_client: stats.to_client,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error,
+        };
+        let _ = self.recorder.record(Event::ConnectionClosed(closed)).await;
+    }
+
+    fn count(&self, route: &str, decision: &str, rule: &str) {
+        self.metrics
+            .connections
+            .get_or_create(&ConnectionLabels {
+                route: route.into(),
+                decision: decision.into(),
+                rule: rule.into(),
+            })
+            .inc();
+    }
+}
+
+/// Closes with RST so a denied client fails at once instead of waiting on a half-open stream.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}

@@ -1,0 +1,319 @@
+//! The append-only, hash-chained audit file.
+//!
+//! Each line is a JSON object `{"seq":N,"time":"…","prev":"<hash of line N-1>","event":{…},
+//! "hash":"<sha256>"}` where the hash covers every byte of the line before `,"hash"` plus the
+//! closing brace. Editing a line breaks its own hash; deleting or reordering lines breaks the
+//! `prev` link or the sequence; cutting lines off the end is caught by the head file
+//! (`<audit>.head`), rewritten after every batch. An attacker who can rewrite the whole file and
+//! the head can forge a new chain: ship the head to somewhere the workload cannot write to stop
+//! that (noted for the store issue).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::Event;
+
+/// Hash that the first record points back to.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot write audit log {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode audit event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The appending end of the chain.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    seq: u64,
+    prev: String,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed, mode 0600) and continues the chain where it ends.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open_err = |source| AuditError::Open { path: path.to_owned(), source };
+        let (mut seq, mut prev) = (0, GENESIS.to_owned());
+        if path.exists() {
+            let reader = BufReader::new(File::open(path).map_err(open_err)?);
+            for line in reader.lines() {
+                let line = line.map_err(open_err)?;
+                if let Some(record) = Record::parse(&line) {
+                    seq = record.seq;
+                    prev = record.hash;
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_err)?;
+        Ok(AuditLog { path: path.to_owned(), file, seq, prev })
+    }
+
+    pub fn append(&mut self, event: &Event) -> Result<(), AuditError> {
+        let seq = self.seq + 1;
+        let time = now_rfc3339();
+        let body = format!(
+            "{{\"seq\":{seq},\"time\":{},\"prev\":\"{}\",\"event\":{}",
+            serde_json::to_string(&time)?,
+            self.prev,
+            serde_json::to_string(event)?
+        );
+        let hash = chain_hash(&body);
+        let line = format!("{body},\"hash\":\"{hash}\"}}\n");
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+        self.seq = seq;
+        self.prev = hash;
+        Ok(())
+    }
+
+    /// Makes what was appended durable and records the chain head.
+    pub fn sync(&mut self) -> Result<(), AuditError> {
+        let write_err = |source| AuditError::Write { path: self.path.clone(), source };
+        self.file.sync_data().map_err(write_err)?;
+        let head = head_path(&self.path);
+        let tmp = head.with_extension("head.tmp");
+        std::fs::write(&tmp, format!("{} {}\n", self.seq, self.prev)).map_err(write_err)?;
+        std::fs::rename(&tmp, &head).map_err(write_err)?;
+        Ok(())
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+fn head_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+fn chain_hash(body: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(body.as_bytes());
+    hasher.update(b"}");
+    hex::encode(hasher.finalize())
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| String::from("unknown"))
+}
+
+/// Runs the writer on its own thread: receives events until every sender is gone, appending
+/// each and syncing after every batch. Returns the number of records written.
+pub fn spawn_writer(
+    mut log: AuditLog,
+    mut rx: mpsc::Receiver<Event>,
+) -> std::thread::JoinHandle<Result<u64, AuditError>> {
+    std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || {
+            let mut written = 0;
+            while let Some(event) = rx.blocking_recv() {
+                log.append(&event)?;
+                written += 1;
+                while let Ok(event) = rx.try_recv() {
+                    log.append(&event)?;
+                    written += 1;
+                }
+                log.sync()?;
+            }
+            log.sync()?;
+            Ok(written)
+        })
+        .unwrap_or_else(|e| panic!("cannot start the audit writer thread: {e}"))
+}
+
+struct Record {
+    seq: u64,
+    prev: String,
+    hash: String,
+    body: String,
+}
+
+impl Record {
+    fn parse(line: &str) -> Option<Record> {
+        const MARK: &str = ",\"hash\":\"";
+        let at = line.rfind(MARK)?;
+        let body = &line[..at];
+        let hash = line[at + MARK.len()..].strip_suffix("\"}")?.to_owned();
+        #[derive(serde::Deserialize)]
+        struct Head {
+            seq: u64,
+            prev: String,
+        }
+        let head: Head = serde_json::from_str(&format!("{body}}}")).ok()?;
+        Some(Record { seq: head.seq, prev: head.prev, hash, body: body.to_owned() })
+    }
+}
+
+/// The outcome of checking a chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Intact { records: u64, head: String },
+    Broken { line: usize, problem: String },
+}
+
+/// Checks every link of the chain in `path` (and its head file, if present) and reports the
+/// first broken one.
+pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
+    let open_err = |source| AuditError::Open { path: path.to_owned(), source };
+    let reader = BufReader::new(File::open(path).map_err(open_err)?);
+    let (mut seq, mut prev) = (0u64, GENESIS.to_owned());
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(open_err)?;
+        let broken = |problem: String| Ok(Verdict::Broken { line: number, problem });
+        let Some(record) = Record::parse(&line) else {
+            return broken("not an audit record (edited or corrupted)".into());
+        };
+        if chain_hash(&record.body) != record.hash {
+            return broken(format!("record {} was edited: its hash does not match", record.seq));
+        }
+        if record.seq != seq + 1 {
+            return broken(format!(
+                "record {} follows record {seq}: records were deleted or reordered",
+                record.seq
+            ));
+        }
+        if record.prev != prev {
+            return broken(format!(
+                "record {} does not link to the record before it: records were deleted or reordered",
+                record.seq
+            ));
+        }
+        seq = record.seq;
+        prev = record.hash;
+    }
+    let head = head_path(path);
+    if let Ok(text) = std::fs::read_to_string(&head) {
+        let mut parts = text.split_whitespace();
+        let head_seq = parts.next().and_then(|s| s.parse::<u64>().ok());
+        let head_hash = parts.next();
+        if head_seq != Some(seq) || head_hash != Some(prev.as_str()) {
+            return Ok(Verdict::Broken {
+                line: usize::try_from(seq).unwrap_or(usize::MAX),
+                problem: format!(
+                    "the chain ends at record {seq} but {} says it ends at {}: records were cut off the end",
+                    head.display(),
+                    head_seq.map_or_else(|| "an unreadable place".to_owned(), |s| format!("record {s}"))
+                ),
+            });
+        }
+    }
+    Ok(Verdict::Intact { records: seq, head: prev })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ConnectionClosed, Event};
+
+    fn event(n: u64) -> Event {
+        Event::ConnectionClosed(ConnectionClosed {
+            connection: n,
+            workload: "w".into(),
+            rule: Some("r".into()),
+            bytes_to_upstream: n,
+            bytes_to_client: 2 * n,
+            duration_ms: 1,
+            error: None,
+        })
+    }
+
+    fn chain(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).expect("open");
+        for i in 1..=n {
+            log.append(&event(i)).expect("append");
+        }
+        log.sync().expect("sync");
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path).expect("read").lines().map(str::to_owned).collect()
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").expect("write");
+    }
+
+    #[test]
+    fn intact_chain_verifies_and_reopening_continues_it() {
+        let (_dir, path) = chain(5);
+        assert!(matches!(verify(&path).expect("verify"), Verdict::Intact { records: 5, .. }));
+        let mut log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.seq(), 5);
+        log.append(&event(6)).expect("append");
+        log.sync().expect("sync");
+        assert!(matches!(verify(&path).expect("verify"), Verdict::Intact { records: 6, .. }));
+    }
+
+    #[test]
+    fn any_edit_is_detected() {
+        let (_dir, path) = chain(5);
+        let original = lines(&path);
+        for i in 0..original.len() {
+            let mut edited = original.clone();
+            edited[i] = edited[i].replacen("\"bytes_to_upstream\":", "\"bytes_to_upstream\":1", 1);
+            write(&path, &edited);
+            let verdict = verify(&path).expect("verify");
+            assert!(
+                matches!(&verdict, Verdict::Broken { line, problem } if *line == i + 1 && problem.contains("edited")),
+                "line {i}: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_deletion_or_reorder_is_detected() {
+        let (_dir, path) = chain(5);
+        let original = lines(&path);
+        for i in 0..original.len() {
+            let mut deleted = original.clone();
+            deleted.remove(i);
+            write(&path, &deleted);
+            assert!(matches!(verify(&path).expect("verify"), Verdict::Broken { .. }), "delete {i}");
+        }
+        for i in 0..original.len() - 1 {
+            let mut swapped = original.clone();
+            swapped.swap(i, i + 1);
+            write(&path, &swapped);
+            assert!(
+                matches!(verify(&path).expect("verify"), Verdict::Broken { line, .. } if line == i + 1),
+                "swap {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_lines_are_reported_not_panicked_on() {
+        let (_dir, path) = chain(2);
+        let mut l = lines(&path);
+        l.push("{\"seq\":3,\"hash\":\"\u{1F600}".into());
+        write(&path, &l);
+        assert!(matches!(verify(&path).expect("verify"), Verdict::Broken { line: 3, .. }));
+    }
+}

@@ -1,0 +1,108 @@
+//! What is recorded.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The process that opened a connection, from the kernel's record at connect().
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// A routing decision, taken when the connection is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionDecided {
+    pub connection: u64,
+    pub workload: String,
+    pub process: Option<Process>,
+    pub peer: SocketAddr,
+    pub orig_dst: Option<SocketAddr>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// `resource`, `egress` or `deny`.
+    pub route: String,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The end of an allowed connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionClosed {
+    pub connection: u64,
+    pub workload: String,
+    pub rule: Option<String>,
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    ConnectionDecided(ConnectionDecided),
+    ConnectionClosed(ConnectionClosed),
+}
+
+impl Event {
+    /// Emits the event as one structured `tracing` line (the enforcement log).
+    pub fn log(&self) {
+        match self {
+            Event::ConnectionDecided(e) => {
+                let (pid, tid, uid, gid, comm) = match &e.process {
+                    Some(p) => (p.pid, p.tid, p.uid, p.gid, p.comm.as_str()),
+                    None => (0, 0, u32::MAX, u32::MAX, ""),
+                };
+                let orig = e.orig_dst.map(|a| a.to_string()).unwrap_or_default();
+                if e.decision == "deny" {
+                    tracing::warn!(
+                        target: "enforcer::decision",
+                        event = "connection_decided",
+                        connection = e.connection,
+                        workload = %e.workload,
+                        pid, tid, uid, gid, comm,
+                        peer = %e.peer,
+                        orig_dst = %orig,
+                        decision = %e.decision,
+                        route = %e.route,
+                        rule = e.rule.as_deref().unwrap_or(""),
+                        reason = e.reason.as_deref().unwrap_or(""),
+                        "connection denied"
+                    );
+                } else {
+                    tracing::info!(
+                        target: "enforcer::decision",
+                        event = "connection_decided",
+                        connection = e.connection,
+                        workload = %e.workload,
+                        pid, tid, uid, gid, comm,
+                        peer = %e.peer,
+                        orig_dst = %orig,
+                        decision = %e.decision,
+                        route = %e.route,
+                        rule = e.rule.as_deref().unwrap_or(""),
+                        "connection allowed"
+                    );
+                }
+            }
+            Event::ConnectionClosed(e) => tracing::info!(
+                target: "enforcer::decision",
+                event = "connection_closed",
+                connection = e.connection,
+                workload = %e.workload,
+                rule = e.rule.as_deref().unwrap_or(""),
+                bytes_to_upstream = e.bytes_to_upstream,
+                bytes_to_client = e.bytes_to_client,
+                duration_ms = e.duration_ms,
+                error = e.error.as_deref().unwrap_or(""),
+                "connection closed"
+            ),
+        }
+    }
+}

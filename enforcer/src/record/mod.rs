@@ -1,0 +1,35 @@
+//! Recording: every decision enforcer takes becomes an [`Event`], written both as a JSON line
+//! in the enforcement log (through `tracing`, for log shippers) and into the hash-chained audit
+//! file ([`audit`]) that `enforcer audit verify` checks.
+
+pub mod audit;
+mod event;
+
+pub use event::{ConnectionClosed, ConnectionDecided, Event, Process};
+
+use tokio::sync::mpsc;
+
+/// Hands events to the audit writer. Cloned into every connection task.
+///
+/// The channel is bounded: if the writer falls behind, connection tasks wait (backpressure)
+/// instead of events being dropped. If the writer is gone, recording fails and the caller
+/// refuses the connection: nothing is let through unrecorded.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    tx: mpsc::Sender<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the audit writer has stopped; refusing to continue unrecorded")]
+pub struct RecorderClosed;
+
+impl Recorder {
+    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+        Self { tx }
+    }
+
+    pub async fn record(&self, event: Event) -> Result<(), RecorderClosed> {
+        event.log();
+        self.tx.send(event).await.map_err(|_| RecorderClosed)
+    }
+}

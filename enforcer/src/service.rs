@@ -1,0 +1,162 @@
+//! The enforcing service shared by `enforcer run` and `enforcer daemon`: redirect attached (or
+//! resumed), proxy listening, admin API up, audit writer running.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    admin::{self, AdminError},
+    metrics::Metrics,
+    policy::Policy,
+    proxy::{Listeners, Proxy, ProxyError},
+    record::{
+        Recorder,
+        audit::{self, AuditError, AuditLog},
+    },
+    redirect::{Redirect, RedirectConfig, RedirectError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("enforcer itself runs in cgroup {0}: enforcing it would redirect the proxy into itself")]
+    OwnCgroup(PathBuf),
+}
+
+/// How to come by the kernel programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Attach anew; fails if the cgroup is already enforced.
+    Fresh,
+    /// Re-use what is pinned (a restarted daemon), attach anew if nothing is.
+    ResumeOrFresh,
+}
+
+pub struct ServiceConfig {
+    pub workload: String,
+    pub policy: Policy,
+    pub state_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub bpffs: PathBuf,
+    pub admin: SocketAddr,
+    pub proxy_port: u16,
+    pub mode: AttachMode,
+}
+
+/// A running service. Stop it by dropping the runtime it runs on, then [`Stopped::finish`].
+pub struct Service {
+    pub redirect: Arc<Mutex<Redirect>>,
+    pub proxy_port: u16,
+    pub admin_addr: SocketAddr,
+    pub resumed: bool,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<std::io::Result<()>>,
+    audit: std::thread::JoinHandle<Result<u64, AuditError>>,
+}
+
+/// How many events recorder queues before connection tasks wait for the writer.
+const AUDIT_QUEUE: usize = 4096;
+
+impl Service {
+    pub async fn start(cfg: ServiceConfig) -> Result<Service, ServiceError> {
+        ensure_not_own_cgroup(&cfg.cgroup)?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|source| ServiceError::StateDir { path: cfg.state_dir.clone(), source })?;
+        let audit_log = AuditLog::open(&audit_path(&cfg.state_dir))?;
+
+        let resume = cfg.mode == AttachMode::ResumeOrFresh
+            && crate::redirect::is_attached(&cfg.bpffs, &cfg.cgroup)?;
+        let (redirect, listeners) = if resume {
+            let mut redirect = Redirect::resume(&cfg.bpffs, &cfg.cgroup)?;
+            // Same port as before: the kernel programs already send the workload there.
+            let mut kernel = redirect.config()?;
+            let listeners = Listeners::bind(kernel.proxy_port)?;
+            kernel.dns_resolver = cfg.policy.dns_resolver;
+            redirect.set_config(kernel)?;
+            (redirect, listeners)
+        } else {
+            let listeners = Listeners::bind(cfg.proxy_port)?;
+            let config = RedirectConfig { proxy_port: listeners.port, dns_resolver: cfg.policy.dns_resolver };
+            (Redirect::attach(&cfg.bpffs, &cfg.cgroup, config)?, listeners)
+        };
+        let proxy_port = listeners.port;
+        let redirect = Arc::new(Mutex::new(redirect));
+
+        let admin_listener = admin::bind(cfg.admin).await?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| AdminError::Bind { addr: cfg.admin, source })?;
+
+        let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
+        let audit = audit::spawn_writer(audit_log, rx);
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(Proxy::new(
+            cfg.workload,
+            Arc::new(cfg.policy),
+            Arc::clone(&redirect),
+            Recorder::new(tx),
+            Arc::clone(&metrics),
+            proxy_port,
+        ));
+        let proxy_task = tokio::spawn(proxy.serve(listeners));
+        let admin_task = tokio::spawn(admin::serve(admin_listener, admin::router(metrics, Arc::clone(&redirect))));
+        Ok(Service { redirect, proxy_port, admin_addr, resumed: resume, proxy_task, admin_task, audit })
+    }
+
+    /// Stops accepting. Connection tasks end with the runtime; the audit writer finishes once
+    /// the last of them is gone.
+    pub fn stop(self) -> Stopped {
+        self.proxy_task.abort();
+        self.admin_task.abort();
+        Stopped { audit: self.audit }
+    }
+}
+
+pub struct Stopped {
+    audit: std::thread::JoinHandle<Result<u64, AuditError>>,
+}
+
+impl Stopped {
+    /// Waits for the audit writer to flush everything; call after the runtime is gone.
+    pub fn finish(self) -> Result<u64, AuditError> {
+        self.audit.join().unwrap_or_else(|_| {
+            Err(AuditError::Write {
+                path: PathBuf::from("audit"),
+                source: std::io::Error::other("audit writer panicked"),
+            })
+        })
+    }
+}
+
+pub fn audit_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit.jsonl")
+}
+
+pub fn enforcement_log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("enforcement.log")
+}
+
+/// Refuses to enforce the cgroup enforcer itself is in (or one above it).
+fn ensure_not_own_cgroup(cgroup: &Path) -> Result<(), ServiceError> {
+    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else { return Ok(()) };
+    let Some(own_v2) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return Ok(()) };
+    let Some(root) = crate::redirect::cgroup::find_cgroup2_root() else { return Ok(()) };
+    let own_path = root.join(own_v2.trim_start_matches('/'));
+    let target = std::fs::canonicalize(cgroup).unwrap_or_else(|_| cgroup.to_owned());
+    if own_path.starts_with(&target) {
+        return Err(ServiceError::OwnCgroup(target));
+    }
+    Ok(())
+}
