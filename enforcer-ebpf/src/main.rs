@@ -358,24 +358,23 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     if op != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return 1;
     }
-    // SAFETY: as above.
-    let (family, local_port) = unsafe {
-        (ptr::read_volatile(&(*ctx.ops).family), ptr::read_volatile(&(*ctx.ops).local_port))
-    };
-    let addr = if family == AF_INET as u32 {
-        // SAFETY: as above.
-        v4_mapped(unsafe { ptr::read_volatile(&(*ctx.ops).local_ip4) })
-    } else {
-        // SAFETY: as above.
-        unsafe {
+    // SAFETY: as above. Every address field is read before branching on the family: reads
+    // chosen by a branch get merged into one computed context offset, which the verifier
+    // rejects.
+    let (family, local_port, ip4, ip6) = unsafe {
+        (
+            ptr::read_volatile(&(*ctx.ops).family),
+            ptr::read_volatile(&(*ctx.ops).local_port),
+            ptr::read_volatile(&(*ctx.ops).local_ip4),
             [
                 ptr::read_volatile(&(*ctx.ops).local_ip6[0]),
                 ptr::read_volatile(&(*ctx.ops).local_ip6[1]),
                 ptr::read_volatile(&(*ctx.ops).local_ip6[2]),
                 ptr::read_volatile(&(*ctx.ops).local_ip6[3]),
-            ]
-        }
+            ],
+        )
     };
+    let addr = if family == AF_INET as u32 { v4_mapped(ip4) } else { ip6 };
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
     // SAFETY: copied out at once, see `recorded`.

@@ -10,6 +10,7 @@ pub fn init(enforcement_log: Option<&Path>) -> anyhow::Result<()> {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(stderr_filter);
     let json = match enforcement_log {
         Some(path) => {

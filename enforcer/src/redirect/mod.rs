@@ -236,9 +236,10 @@ fn attach_one(
 ) -> Result<(), RedirectError> {
     let program = ebpf.program_mut(name).ok_or(RedirectError::MissingProgram(name))?;
     let prog_err = |source| RedirectError::Program { name, source };
-    // AllowMultiple: other tools (systemd, container runtimes) may have their own programs on
-    // the same cgroup; ours run alongside, and a deny from any program wins.
-    let mode = CgroupAttachMode::AllowMultiple;
+    // bpf_link attachments always coexist with other programs on the cgroup (systemd's,
+    // a container runtime's; a deny from any of them wins) and the kernel refuses the legacy
+    // ALLOW_MULTI flag on them, so the "single" mode is the right one here.
+    let mode = CgroupAttachMode::Single;
     let link: FdLink = if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
         p.load().map_err(prog_err)?;
         let id = p.attach(cgroup, mode).map_err(prog_err)?;
@@ -284,7 +285,12 @@ pub fn remove_pins(pins: &Path) -> Result<(), RedirectError> {
         std::fs::remove_file(&path)
             .map_err(|source| RedirectError::Unpin { path: path.clone(), source })?;
     }
-    std::fs::remove_dir(pins).map_err(|source| RedirectError::Unpin { path: pins.to_owned(), source })
+    std::fs::remove_dir(pins).map_err(|source| RedirectError::Unpin { path: pins.to_owned(), source })?;
+    // The shared `enforcer` directory goes with the last enforced cgroup; busy means others.
+    if let Some(parent) = pins.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
 }
 
 /// 16-byte network-order form of an address (IPv4 v4-mapped), as the kernel programs keep it.
