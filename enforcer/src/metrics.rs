@@ -105,9 +105,84 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    /// OpenMetrics text, what prometheus-client writes.
+    pub fn encode_openmetrics(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// Prometheus text format 0.0.4, for scrapers and linters (promtool) that do not ask for
+    /// OpenMetrics.
+    pub fn encode_prometheus(&self) -> Result<String, std::fmt::Error> {
+        Ok(openmetrics_to_prometheus(&self.encode_openmetrics()?))
+    }
+}
+
+/// The two formats differ, for what enforcer exports, only in that OpenMetrics names a
+/// counter family without its `_total` suffix and ends with `# EOF`; prometheus-client has no
+/// 0.0.4 encoder, so translate those two things.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_help: Option<&str> = None;
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(help) = pending_help.replace(line) {
+                out.push_str(help);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let renamed = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some(help) = pending_help.take() {
+                let help_text = help.strip_prefix("# HELP ").and_then(|h| h.split_once(' ')).map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {renamed} {help_text}\n"));
+            }
+            out.push_str(&format!("# TYPE {renamed} {kind}\n"));
+            continue;
+        }
+        if let Some(help) = pending_help.take() {
+            out.push_str(help);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(help) = pending_help {
+        out.push_str(help);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_name_and_eof_goes() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn real_registry_translates_every_counter() {
+        let metrics = Metrics::new();
+        metrics.orig_dst_misses.inc();
+        let text = metrics.encode_prometheus().expect("encode");
+        assert!(text.contains("# TYPE enforcer_orig_dst_lookup_misses_total counter\nenforcer_orig_dst_lookup_misses_total 1\n"), "{text}");
+        assert!(!text.contains("# EOF"));
     }
 }

@@ -9,7 +9,7 @@ use std::{
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
@@ -53,19 +53,24 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> impl IntoResponse {
     let counters = match state.redirect.lock() {
         Ok(redirect) => redirect.counters(),
         Err(poisoned) => poisoned.into_inner().counters(),
     };
     state.metrics.set_kernel_counters(&counters);
-    match state.metrics.encode() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        )
-            .into_response(),
+    // Prometheus asks for OpenMetrics in its Accept header; everyone else gets text 0.0.4.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (encoded, content_type) = if openmetrics {
+        (state.metrics.encode_openmetrics(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+    } else {
+        (state.metrics.encode_prometheus(), "text/plain; version=0.0.4; charset=utf-8")
+    };
+    match encoded {
+        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
     }
 }
