@@ -28,8 +28,10 @@ enum Command {
     Run(run::RunArgs),
     Daemon(daemon::DaemonArgs),
     Detach(detach::DetachArgs),
+    /// Validate policy directories.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
 }
