@@ -219,7 +219,9 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn redirect_dns4(sa: &SockAddr, cfg: &Config, orig: &OrigDst) -> i32 {
-    let Some((addr, port)) = dns_target(cfg) else { return DENY };
+    let Some((addr, port)) = dns_target(cfg) else {
+        return DENY;
+    };
     if !is_v4_mapped(&addr) {
         // An IPv4 socket cannot reach an IPv6-only resolver.
         count(Counter::DnsDenied);
@@ -246,7 +248,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         }
         // A v4-mapped destination keeps the socket on its IPv4 path: send it to the IPv4
         // listener through the mapped loopback address.
-        let proxy = if is_v4_mapped(&addr) { v4_mapped(LOOPBACK4) } else { LOOPBACK6 };
+        let proxy = if is_v4_mapped(&addr) {
+            v4_mapped(LOOPBACK4)
+        } else {
+            LOOPBACK6
+        };
         sa.set_ip6(proxy);
         sa.set_port(cfg.proxy_port);
         count(Counter::TcpRedirected);
@@ -261,7 +267,9 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn redirect_dns6(sa: &SockAddr, cfg: &Config, orig: &OrigDst) -> i32 {
-    let Some((addr, port)) = dns_target(cfg) else { return DENY };
+    let Some((addr, port)) = dns_target(cfg) else {
+        return DENY;
+    };
     // Native IPv6 sockets can reach a v4-mapped resolver only if they are dual-stack, which
     // connect() will tell the caller; a mapped destination must stay mapped.
     if is_v4_mapped(&orig.addr) != is_v4_mapped(&addr) {
@@ -374,7 +382,11 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
             ],
         )
     };
-    let addr = if family == AF_INET as u32 { v4_mapped(ip4) } else { ip6 };
+    let addr = if family == AF_INET as u32 {
+        v4_mapped(ip4)
+    } else {
+        ip6
+    };
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
     // SAFETY: copied out at once, see `recorded`.
@@ -382,7 +394,10 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         count(Counter::RekeyMiss);
         return 1;
     };
-    let key = PeerKey { addr, port: local_port };
+    let key = PeerKey {
+        addr,
+        port: local_port,
+    };
     if PEER_ORIG.insert(key, orig, 0).is_ok() {
         count(Counter::Rekeyed);
     } else {

@@ -13,17 +13,26 @@ use std::{
 };
 
 fn one(target: SocketAddr, n: usize) -> Result<bool, String> {
-    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    let stream =
+        TcpStream::connect_timeout(&target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     let mut greeting = String::new();
     reader.read_line(&mut greeting).map_err(|e| e.to_string())?;
     let payload = format!("connection {n} to {target}\n");
     let mut writer = stream;
-    writer.write_all(payload.as_bytes()).map_err(|e| e.to_string())?;
-    writer.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    writer
+        .write_all(payload.as_bytes())
+        .map_err(|e| e.to_string())?;
+    writer
+        .shutdown(Shutdown::Write)
+        .map_err(|e| e.to_string())?;
     let mut echoed = String::new();
-    reader.read_to_string(&mut echoed).map_err(|e| e.to_string())?;
+    reader
+        .read_to_string(&mut echoed)
+        .map_err(|e| e.to_string())?;
     if echoed != payload {
         return Err(format!("echo corrupted: sent {payload:?}, got {echoed:?}"));
     }
@@ -38,12 +47,21 @@ fn main() {
     }
     let targets: Vec<SocketAddr> = args[1]
         .split(',')
-        .map(|t| t.parse().unwrap_or_else(|e| panic!("bad target {t:?}: {e}")))
+        .map(|t| {
+            t.parse()
+                .unwrap_or_else(|e| panic!("bad target {t:?}: {e}"))
+        })
         .collect();
     let connections: usize = args[2].parse().unwrap_or_else(|e| panic!("bad count: {e}"));
-    let threads: usize = args[3].parse().unwrap_or_else(|e| panic!("bad thread count: {e}"));
+    let threads: usize = args[3]
+        .parse()
+        .unwrap_or_else(|e| panic!("bad thread count: {e}"));
     let next = AtomicUsize::new(0);
-    let (ok, mismatched, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let (ok, mismatched, failed) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let errors = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..threads {

@@ -14,5 +14,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod record;
 pub mod redirect;
-pub mod workload;
 pub mod service;
+pub mod workload;

@@ -73,8 +73,9 @@ impl Metrics {
             orig_dst_misses.clone(),
         );
         // 10 µs to ~0.3 s: the lookup is a map read, the tail is a starved runtime.
-        let accept_latency =
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 15));
+        let accept_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 15),
+        );
         registry.register(
             "proxy_accept_latency_seconds",
             "Time from accept() to the routing decision (original-destination lookup and policy)",
@@ -100,8 +101,12 @@ impl Metrics {
     /// Copies the kernel's running totals into the exported counters.
     pub fn set_kernel_counters(&self, counters: &[(enforcer_common::Counter, u64)]) {
         for (counter, value) in counters {
-            let metric = self.kernel_events.get_or_create(&KernelLabels { event: counter.label().to_owned() });
-            metric.inner().store(*value, std::sync::atomic::Ordering::Relaxed);
+            let metric = self.kernel_events.get_or_create(&KernelLabels {
+                event: counter.label().to_owned(),
+            });
+            metric
+                .inner()
+                .store(*value, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -144,7 +149,10 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
                 name.to_owned()
             };
             if let Some(help) = pending_help.take() {
-                let help_text = help.strip_prefix("# HELP ").and_then(|h| h.split_once(' ')).map_or("", |(_, t)| t);
+                let help_text = help
+                    .strip_prefix("# HELP ")
+                    .and_then(|h| h.split_once(' '))
+                    .map_or("", |(_, t)| t);
                 out.push_str(&format!("# HELP {renamed} {help_text}\n"));
             }
             out.push_str(&format!("# TYPE {renamed} {kind}\n"));

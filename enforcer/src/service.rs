@@ -32,8 +32,13 @@ pub enum ServiceError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("cannot create state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
-    #[error("enforcer itself runs in cgroup {0}: enforcing it would redirect the proxy into itself")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "enforcer itself runs in cgroup {0}: enforcing it would redirect the proxy into itself"
+    )]
     OwnCgroup(PathBuf),
 }
 
@@ -74,8 +79,10 @@ const AUDIT_QUEUE: usize = 4096;
 impl Service {
     pub async fn start(cfg: ServiceConfig) -> Result<Service, ServiceError> {
         ensure_not_own_cgroup(&cfg.cgroup)?;
-        std::fs::create_dir_all(&cfg.state_dir)
-            .map_err(|source| ServiceError::StateDir { path: cfg.state_dir.clone(), source })?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| ServiceError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
         let audit_log = AuditLog::open(&audit_path(&cfg.state_dir))?;
 
         let resume = cfg.mode == AttachMode::ResumeOrFresh
@@ -90,14 +97,25 @@ impl Service {
             (redirect, listeners)
         } else {
             let listeners = Listeners::bind(cfg.proxy_port)?;
-            let config = RedirectConfig { proxy_port: listeners.port, dns_resolver: cfg.policy.dns_resolver };
-            (Redirect::attach(&cfg.bpffs, &cfg.cgroup, config)?, listeners)
+            let config = RedirectConfig {
+                proxy_port: listeners.port,
+                dns_resolver: cfg.policy.dns_resolver,
+            };
+            (
+                Redirect::attach(&cfg.bpffs, &cfg.cgroup, config)?,
+                listeners,
+            )
         };
         let proxy_port = listeners.port;
         let redirect = Arc::new(Mutex::new(redirect));
 
         let admin_listener = admin::bind(cfg.admin).await?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| AdminError::Bind { addr: cfg.admin, source })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind {
+                addr: cfg.admin,
+                source,
+            })?;
 
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
         let audit = audit::spawn_writer(audit_log, rx);
@@ -111,8 +129,19 @@ impl Service {
             proxy_port,
         ));
         let proxy_task = tokio::spawn(proxy.serve(listeners));
-        let admin_task = tokio::spawn(admin::serve(admin_listener, admin::router(metrics, Arc::clone(&redirect))));
-        Ok(Service { redirect, proxy_port, admin_addr, resumed: resume, proxy_task, admin_task, audit })
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin::router(metrics, Arc::clone(&redirect)),
+        ));
+        Ok(Service {
+            redirect,
+            proxy_port,
+            admin_addr,
+            resumed: resume,
+            proxy_task,
+            admin_task,
+            audit,
+        })
     }
 
     /// Stops accepting. Connection tasks end with the runtime; the audit writer finishes once
@@ -150,9 +179,15 @@ pub fn enforcement_log_path(state_dir: &Path) -> PathBuf {
 
 /// Refuses to enforce the cgroup enforcer itself is in (or one above it).
 fn ensure_not_own_cgroup(cgroup: &Path) -> Result<(), ServiceError> {
-    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else { return Ok(()) };
-    let Some(own_v2) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return Ok(()) };
-    let Some(root) = crate::redirect::cgroup::find_cgroup2_root() else { return Ok(()) };
+    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return Ok(());
+    };
+    let Some(own_v2) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Ok(());
+    };
+    let Some(root) = crate::redirect::cgroup::find_cgroup2_root() else {
+        return Ok(());
+    };
     let own_path = root.join(own_v2.trim_start_matches('/'));
     let target = std::fs::canonicalize(cgroup).unwrap_or_else(|_| cgroup.to_owned());
     if own_path.starts_with(&target) {

@@ -2,12 +2,7 @@
 //! as an unprivileged user (so no CAP_NET_RAW, no way to detach programs or leave the cgroup),
 //! with no_new_privs (setuid binaries cannot win privileges back).
 
-use std::{
-    ffi::OsString,
-    fs::File,
-    os::fd::AsRawFd,
-    process::ExitStatus,
-};
+use std::{ffi::OsString, fs::File, os::fd::AsRawFd, process::ExitStatus};
 
 use nix::unistd::{Gid, Uid, User};
 
@@ -17,10 +12,15 @@ pub enum WorkloadError {
     UnknownUser(String),
     #[error("cannot look up user {name:?}: {source}")]
     UserLookup { name: String, source: nix::Error },
-    #[error("the workload must not run as root (uid 0): a root workload can detach enforcer's programs or leave its cgroup; pick an unprivileged --user")]
+    #[error(
+        "the workload must not run as root (uid 0): a root workload can detach enforcer's programs or leave its cgroup; pick an unprivileged --user"
+    )]
     Root,
     #[error("cannot start {program:?}: {source}")]
-    Spawn { program: OsString, source: std::io::Error },
+    Spawn {
+        program: OsString,
+        source: std::io::Error,
+    },
 }
 
 /// The identity the workload runs as.
@@ -37,12 +37,21 @@ impl RunAs {
             Ok(uid) => User::from_uid(Uid::from_raw(uid)),
             Err(_) => User::from_name(name),
         }
-        .map_err(|source| WorkloadError::UserLookup { name: name.to_owned(), source })?;
+        .map_err(|source| WorkloadError::UserLookup {
+            name: name.to_owned(),
+            source,
+        })?;
         let run_as = match user {
-            Some(user) => RunAs { uid: user.uid, gid: user.gid },
+            Some(user) => RunAs {
+                uid: user.uid,
+                gid: user.gid,
+            },
             // A numeric uid without a passwd entry is fine: give it the same gid.
             None => match name.parse::<u32>() {
-                Ok(uid) => RunAs { uid: Uid::from_raw(uid), gid: Gid::from_raw(uid) },
+                Ok(uid) => RunAs {
+                    uid: Uid::from_raw(uid),
+                    gid: Gid::from_raw(uid),
+                },
                 Err(_) => return Err(WorkloadError::UnknownUser(name.to_owned())),
             },
         };
@@ -95,7 +104,10 @@ impl Spawn<'_> {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(|source| WorkloadError::Spawn { program: self.program.clone(), source })
+        cmd.spawn().map_err(|source| WorkloadError::Spawn {
+            program: self.program.clone(),
+            source,
+        })
     }
 }
 

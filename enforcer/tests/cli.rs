@@ -23,25 +23,65 @@ fn shipped_example_policies_are_valid() {
         let path = entry.expect("entry").path();
         if path.is_dir() {
             let out = enforcer(&["policy", "check", &path.display().to_string()]);
-            assert!(out.status.success(), "{}: {}", path.display(), describe(&out));
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                describe(&out)
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 3, "expected the example policies, found {checked}");
+    assert!(
+        checked >= 3,
+        "expected the example policies, found {checked}"
+    );
 }
 
 #[test]
 fn each_policy_error_class_gives_a_precise_message_and_exit_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: &[(&str, &str, &str)] = &[
-        ("unknown key", "egress:\n  - name: a\n    to: [127.0.0.1]\n    prots: [80]\n", "p.yaml:4:5: unknown field `prots`"),
-        ("bad CIDR", "egress:\n  - name: a\n    to: [10.0.0.0/33]\n", "p.yaml:3:10: \"10.0.0.0/33\" is not a CIDR"),
-        ("host bits", "egress:\n  - name: a\n    to: [10.1.2.3/8]\n", "p.yaml:3:10: CIDR \"10.1.2.3/8\" has host bits set"),
-        ("duplicate", "egress:\n  - name: a\n    to: [10.0.0.0/8]\n  - name: a\n    to: [10.0.0.0/8]\n", "p.yaml:4:11: duplicate name \"a\""),
-        ("no credential", "resources:\n  - name: db\n    protocol: postgres\n    addresses: [\"127.0.0.1:5432\"]\n", "p.yaml:2:11: resource \"db\" (postgres) has no credential source"),
-        ("bad port", "egress:\n  - name: a\n    to: [10.0.0.0/8]\n    ports: [99999]\n", "p.yaml:4:13: port 99999 is out of range"),
-        ("bad protocol", "resources:\n  - name: a\n    protocol: ftp\n    addresses: [\"127.0.0.1:21\"]\n", "p.yaml:3:15: unknown protocol \"ftp\""),
-        ("bad address", "resources:\n  - name: a\n    protocol: http\n    addresses: [\"db:80\"]\n", "p.yaml:4:17: address \"db:80\" is not IP:port"),
+        (
+            "unknown key",
+            "egress:\n  - name: a\n    to: [127.0.0.1]\n    prots: [80]\n",
+            "p.yaml:4:5: unknown field `prots`",
+        ),
+        (
+            "bad CIDR",
+            "egress:\n  - name: a\n    to: [10.0.0.0/33]\n",
+            "p.yaml:3:10: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            "host bits",
+            "egress:\n  - name: a\n    to: [10.1.2.3/8]\n",
+            "p.yaml:3:10: CIDR \"10.1.2.3/8\" has host bits set",
+        ),
+        (
+            "duplicate",
+            "egress:\n  - name: a\n    to: [10.0.0.0/8]\n  - name: a\n    to: [10.0.0.0/8]\n",
+            "p.yaml:4:11: duplicate name \"a\"",
+        ),
+        (
+            "no credential",
+            "resources:\n  - name: db\n    protocol: postgres\n    addresses: [\"127.0.0.1:5432\"]\n",
+            "p.yaml:2:11: resource \"db\" (postgres) has no credential source",
+        ),
+        (
+            "bad port",
+            "egress:\n  - name: a\n    to: [10.0.0.0/8]\n    ports: [99999]\n",
+            "p.yaml:4:13: port 99999 is out of range",
+        ),
+        (
+            "bad protocol",
+            "resources:\n  - name: a\n    protocol: ftp\n    addresses: [\"127.0.0.1:21\"]\n",
+            "p.yaml:3:15: unknown protocol \"ftp\"",
+        ),
+        (
+            "bad address",
+            "resources:\n  - name: a\n    protocol: http\n    addresses: [\"db:80\"]\n",
+            "p.yaml:4:17: address \"db:80\" is not IP:port",
+        ),
         ("broken yaml", "egress: [\n  {name: a\n", "p.yaml:"),
     ];
     for (what, yaml, expected) in cases {
@@ -53,35 +93,57 @@ fn each_policy_error_class_gives_a_precise_message_and_exit_1() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let first = stderr.lines().next().unwrap_or("");
         let expected = format!("{}/{expected}", case.display());
-        assert!(first.starts_with(&expected), "{what}: got {first:?}, want {expected:?}");
+        assert!(
+            first.starts_with(&expected),
+            "{what}: got {first:?}, want {expected:?}"
+        );
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
     }
     // Missing and empty directories are errors too.
     let out = enforcer(&["policy", "check", "/nonexistent/policy"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read policy directory"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read policy directory"),
+        "{}",
+        describe(&out)
+    );
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
     let out = enforcer(&["policy", "check", &empty.display().to_string()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no *.yaml file"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no *.yaml file"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn audit_verify_detects_tampering_with_a_real_log() {
     let env = Env::new();
     let server = EchoServer::start("127.0.0.1");
-    let policy = env.policy(&format!("egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{}]\n", server.port()));
+    let policy = env.policy(&format!(
+        "egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{}]\n",
+        server.port()
+    ));
     let client = env.tool("echo_client");
     let out = env.run(&policy, &[&client, &server.addr.to_string(), "3", "1"], T);
     assert!(out.status.success(), "{}", describe(&out));
-    let out = env.run(&policy, &["python3", &env.tool("probe.py"), "denied", "127.0.0.3", "9"], T);
+    let out = env.run(
+        &policy,
+        &["python3", &env.tool("probe.py"), "denied", "127.0.0.3", "9"],
+        T,
+    );
     assert!(out.status.success(), "{}", describe(&out));
 
     let state = env.state.display().to_string();
     let out = enforcer(&["audit", "verify", "--state", &state]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("intact, 7 records"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact, 7 records"),
+        "{}",
+        describe(&out)
+    );
 
     let audit = env.state.join("audit.jsonl");
     let original = std::fs::read_to_string(&audit).expect("read audit");
@@ -91,12 +153,19 @@ fn audit_verify_detects_tampering_with_a_real_log() {
         let out = enforcer(&["audit", "verify", "--state", &state]);
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("audit.jsonl:{expect_line}: ")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("audit.jsonl:{expect_line}: ")),
+            "{stderr}"
+        );
         assert!(stderr.contains(expect), "{stderr}");
     };
     // The denial, rewritten as an allow.
     let edited = original.replacen("\"decision\":\"deny\"", "\"decision\":\"allow\"", 1);
-    let denied_line = lines.iter().position(|l| l.contains("\"decision\":\"deny\"")).expect("deny") + 1;
+    let denied_line = lines
+        .iter()
+        .position(|l| l.contains("\"decision\":\"deny\""))
+        .expect("deny")
+        + 1;
     tamper(edited, denied_line, "was edited");
     // A record removed from the middle.
     let mut deleted = lines.clone();
@@ -107,7 +176,11 @@ fn audit_verify_detects_tampering_with_a_real_log() {
     swapped.swap(1, 2);
     tamper(swapped.join("\n") + "\n", 2, "deleted or reordered");
     // The last record cut off.
-    tamper(lines[..lines.len() - 1].join("\n") + "\n", lines.len() - 1, "cut off the end");
+    tamper(
+        lines[..lines.len() - 1].join("\n") + "\n",
+        lines.len() - 1,
+        "cut off the end",
+    );
 }
 
 #[test]
@@ -123,5 +196,9 @@ fn help_teaches_every_command() {
         assert!(text.contains(flag), "run --help lacks {flag}: {text}");
     }
     let out = enforcer(&["run", "--policy", "x"]);
-    assert_eq!(out.status.code(), Some(2), "a run without a command is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a run without a command is a usage error"
+    );
 }

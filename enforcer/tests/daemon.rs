@@ -19,7 +19,11 @@ fn probe_in(cgroup: &TestCgroup, env: &Env, args: &[&str]) -> Vec<serde_json::Va
     all.extend_from_slice(args);
     let out = output_within(cgroup.command("python3", &all), T);
     let lines = probe_lines(&out);
-    assert!(!lines.is_empty(), "probe printed nothing: {}", describe(&out));
+    assert!(
+        !lines.is_empty(),
+        "probe printed nothing: {}",
+        describe(&out)
+    );
     lines
 }
 
@@ -47,7 +51,11 @@ fn fail_closed_when_the_daemon_dies_resume_on_restart_detach_to_end() {
         let lines = probe_in(&cgroup, &env, &["denied", "127.0.0.1", &port]);
         assert_eq!(lines[0]["outcome"], "ConnectionRefusedError", "{lines:?}");
     }
-    assert_eq!(server.accepted(), 1, "a connection went direct while the daemon was dead");
+    assert_eq!(
+        server.accepted(),
+        1,
+        "a connection went direct while the daemon was dead"
+    );
 
     // Restart: resumes the pinned programs on the same proxy port.
     let (daemon, ready) = start_daemon(&env, &policy, &cgroup.path, "127.0.0.1:0");
@@ -70,7 +78,11 @@ fn fail_closed_when_the_daemon_dies_resume_on_restart_detach_to_end() {
     // Detach is the way out: the same connection now goes direct, unrecorded.
     let decisions_before = env.decisions().len();
     let mut detach = Command::new(ENFORCER);
-    detach.args(["detach", "--cgroup"]).arg(&cgroup.path).arg("--bpffs").arg(&env.bpffs);
+    detach
+        .args(["detach", "--cgroup"])
+        .arg(&cgroup.path)
+        .arg("--bpffs")
+        .arg(&env.bpffs);
     let out = output_within(detach, T);
     assert!(out.status.success(), "{}", describe(&out));
     let lines = probe_in(&cgroup, &env, &["echo", "127.0.0.1", &port, "100"]);
@@ -79,10 +91,18 @@ fn fail_closed_when_the_daemon_dies_resume_on_restart_detach_to_end() {
     assert_eq!(env.decisions().len(), decisions_before);
     assert!(!env.bpffs.join("enforcer").exists(), "pins left behind");
     let mut again = Command::new(ENFORCER);
-    again.args(["detach", "--cgroup"]).arg(&cgroup.path).arg("--bpffs").arg(&env.bpffs);
+    again
+        .args(["detach", "--cgroup"])
+        .arg(&cgroup.path)
+        .arg("--bpffs")
+        .arg(&env.bpffs);
     let out = output_within(again, T);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not enforced"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not enforced"),
+        "{}",
+        describe(&out)
+    );
 
     // The audit chain covers both daemon lifetimes and verifies.
     let mut verify = Command::new(ENFORCER);
@@ -109,10 +129,16 @@ fn metrics_are_valid_prometheus_and_count_kernel_denials() {
     // between it and a raw socket.
     let raw = probe_in(&cgroup, &env, &["raw"]);
     for line in raw.iter().filter(|l| l["probe"] != "sctp") {
-        assert_eq!(line["outcome"], "PermissionError", "root got a raw socket: {line}");
+        assert_eq!(
+            line["outcome"], "PermissionError",
+            "root got a raw socket: {line}"
+        );
     }
     let udp = probe_in(&cgroup, &env, &["udp", "127.0.0.1", "9"]);
-    assert!(udp.iter().all(|l| l["outcome"] == "PermissionError"), "{udp:?}");
+    assert!(
+        udp.iter().all(|l| l["outcome"] == "PermissionError"),
+        "{udp:?}"
+    );
 
     let (status, health) = http_get(&admin, "/healthz");
     assert_eq!((status, health.as_str()), (200, "ok\n"));
@@ -126,16 +152,37 @@ fn metrics_are_valid_prometheus_and_count_kernel_denials() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {needle} in\n{metrics}"))
     };
-    assert_eq!(value("enforcer_connections_total{route=\"egress\",decision=\"allow\",rule=\"echo\"}"), 1.0);
-    assert_eq!(value("enforcer_connections_total{route=\"deny\",decision=\"deny\",rule=\"\"}"), 1.0);
+    assert_eq!(
+        value("enforcer_connections_total{route=\"egress\",decision=\"allow\",rule=\"echo\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("enforcer_connections_total{route=\"deny\",decision=\"deny\",rule=\"\"}"),
+        1.0
+    );
     // raw ICMP, raw TCP, raw ICMPv6 (ping sockets are refused by ping_group_range first).
-    assert!(value("enforcer_redirect_events_total{event=\"socket_denied\"}") >= 3.0, "{metrics}");
-    assert_eq!(value("enforcer_redirect_events_total{event=\"udp_denied\"}"), 2.0);
-    assert_eq!(value("enforcer_redirect_events_total{event=\"tcp_redirected\"}"), 2.0);
-    assert_eq!(value("enforcer_redirect_events_total{event=\"rekey_miss\"}"), 0.0);
+    assert!(
+        value("enforcer_redirect_events_total{event=\"socket_denied\"}") >= 3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("enforcer_redirect_events_total{event=\"udp_denied\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("enforcer_redirect_events_total{event=\"tcp_redirected\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("enforcer_redirect_events_total{event=\"rekey_miss\"}"),
+        0.0
+    );
     assert_eq!(value("enforcer_orig_dst_lookup_misses_total"), 0.0);
     assert_eq!(value("enforcer_active_connections"), 0.0);
-    assert_eq!(value("enforcer_relay_bytes_total{direction=\"to_upstream\"}"), 5000.0);
+    assert_eq!(
+        value("enforcer_relay_bytes_total{direction=\"to_upstream\"}"),
+        5000.0
+    );
     assert_eq!(value("enforcer_proxy_accept_latency_seconds_count"), 2.0);
 
     let mut promtool = Command::new("promtool")
@@ -145,9 +192,18 @@ fn metrics_are_valid_prometheus_and_count_kernel_denials() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian's prometheus package) must be installed by `cargo xtask setup`");
-    promtool.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("feed promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feed promtool");
     let out = promtool.wait_with_output().expect("promtool");
-    assert!(out.status.success(), "promtool check metrics: {}\n{metrics}", describe(&out));
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{metrics}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -176,29 +232,46 @@ fn dns_goes_to_the_policy_resolver_or_nowhere() {
     // The workload hard-codes a resolver; its queries still go to the policy's one, and the
     // reply comes back looking like it came from the address it asked.
     let policy = env.policy(&format!("dns:\n  resolver: 127.0.0.1:{dns_port}\n"));
-    let out = env.run(&policy, &["python3", &probe, "dns", "127.0.0.99", "agent.example.test"], T);
+    let out = env.run(
+        &policy,
+        &["python3", &probe, "dns", "127.0.0.99", "agent.example.test"],
+        T,
+    );
     let lines = probe_lines(&out);
     assert_eq!(lines.len(), 1, "{}", describe(&out));
     assert_eq!(lines[0]["outcome"], "answered", "{}", describe(&out));
     assert_eq!(lines[0]["address"], "127.0.0.7", "{}", describe(&out));
     assert_eq!(lines[0]["id_matches"], true);
-    assert_eq!(lines[0]["source"], serde_json::json!(["127.0.0.99", 53]), "reply address not restored");
+    assert_eq!(
+        lines[0]["source"],
+        serde_json::json!(["127.0.0.99", 53]),
+        "reply address not restored"
+    );
 
     // Without a resolver in the policy, DNS is denied outright.
     let policy = env.policy("egress: []\n");
-    let out = env.run(&policy, &["python3", &probe, "dns", "127.0.0.99", "agent.example.test"], T);
+    let out = env.run(
+        &policy,
+        &["python3", &probe, "dns", "127.0.0.99", "agent.example.test"],
+        T,
+    );
     let lines = probe_lines(&out);
     assert_eq!(lines[0]["outcome"], "PermissionError", "{}", describe(&out));
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp port").port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("udp port")
+        .port()
 }
 
 /// Waits until the resolver answers a query sent straight to it (from outside the workload).
 fn wait_for_dns(port: u16) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05agent\x07example\x04test\x00\x00\x01\x00\x01";
     let mut buf = [0u8; 512];
     for _ in 0..50 {

@@ -19,8 +19,13 @@ use crate::{metrics::Metrics, redirect::Redirect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot listen on {addr} for the admin API: {source} (choose another with --admin ADDR:PORT)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr} for the admin API: {source} (choose another with --admin ADDR:PORT)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("admin address {0} is not a loopback address; the admin API must not be exposed")]
     NotLoopback(SocketAddr),
 }
@@ -35,7 +40,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
     if !addr.ip().is_loopback() {
         return Err(AdminError::NotLoopback(addr));
     }
-    TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
 }
 
 pub fn router(metrics: Arc<Metrics>, redirect: Arc<Mutex<Redirect>>) -> Router {
@@ -65,9 +72,15 @@ async fn metrics_text(State(state): State<AdminState>, headers: HeaderMap) -> im
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let (encoded, content_type) = if openmetrics {
-        (state.metrics.encode_openmetrics(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        (
+            state.metrics.encode_openmetrics(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
     } else {
-        (state.metrics.encode_prometheus(), "text/plain; version=0.0.4; charset=utf-8")
+        (
+            state.metrics.encode_prometheus(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
     };
     match encoded {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response(),

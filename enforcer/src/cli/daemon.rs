@@ -32,7 +32,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let policy = Policy::load_dir(&args.enforce.policy)
         .with_context(|| format!("policy {} is not valid", args.enforce.policy.display()))?;
     let state = &args.enforce.state;
-    std::fs::create_dir_all(state).with_context(|| format!("cannot create state directory {}", state.display()))?;
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
     super::logging::init(Some(&service::enforcement_log_path(state)))?;
     let cgroup = std::fs::canonicalize(&args.cgroup)
         .with_context(|| format!("cgroup {} does not exist", args.cgroup.display()))?;

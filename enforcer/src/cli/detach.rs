@@ -18,7 +18,11 @@ pub fn run(args: DetachArgs) -> anyhow::Result<ExitCode> {
         println!("detached enforcer from {}", args.cgroup.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("{} is not enforced by enforcer (nothing pinned for it under {})", args.cgroup.display(), args.bpffs.display());
+        eprintln!(
+            "{} is not enforced by enforcer (nothing pinned for it under {})",
+            args.cgroup.display(),
+            args.bpffs.display()
+        );
         Ok(ExitCode::from(1))
     }
 }

@@ -3,10 +3,13 @@
 
 use std::{fs::OpenOptions, path::Path, sync::Arc};
 
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 pub fn init(enforcement_log: Option<&Path>) -> anyhow::Result<()> {
-    let stderr_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -21,11 +24,16 @@ pub fn init(enforcement_log: Option<&Path>) -> anyhow::Result<()> {
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_writer(Arc::new(file))
-                    .with_filter(Targets::new().with_target("enforcer::decision", tracing::Level::INFO)),
+                    .with_filter(
+                        Targets::new().with_target("enforcer::decision", tracing::Level::INFO),
+                    ),
             )
         }
         None => None,
     };
-    tracing_subscriber::registry().with(stderr).with(json).try_init()?;
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(json)
+        .try_init()?;
     Ok(())
 }

@@ -17,7 +17,12 @@ use clap::{Args, Parser, Subcommand};
 /// in it opens goes to enforcer's proxy, which decides per policy: a named resource, an egress
 /// rule, or deny (the default). Every decision is logged and kept in a hash-chained audit log.
 #[derive(Debug, Parser)]
-#[command(name = "enforcer", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "enforcer",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,5 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

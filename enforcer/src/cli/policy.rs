@@ -21,7 +21,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     dir.display(),
                     policy.resources.len(),
                     policy.egress.len(),
-                    policy.dns_resolver.map_or_else(|| "denied".to_owned(), |r| format!("via {r}"))
+                    policy
+                        .dns_resolver
+                        .map_or_else(|| "denied".to_owned(), |r| format!("via {r}"))
                 );
                 Ok(ExitCode::SUCCESS)
             }

@@ -29,7 +29,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "nobody")]
     user: String,
     /// The command and its arguments (after `--`).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     command: Vec<OsString>,
 }
 
@@ -57,7 +62,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("policy {} is not valid", args.enforce.policy.display()))?;
     let run_as = RunAs::resolve(&args.user)?;
     let state = &args.enforce.state;
-    std::fs::create_dir_all(state).with_context(|| format!("cannot create state directory {}", state.display()))?;
+    std::fs::create_dir_all(state)
+        .with_context(|| format!("cannot create state directory {}", state.display()))?;
     super::logging::init(Some(&service::enforcement_log_path(state)))?;
 
     let root = redirect::cgroup::find_cgroup2_root()
@@ -96,7 +102,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             admin = %service.admin_addr,
             "enforcing workload"
         );
-        let spawn = Spawn { program, args: rest, run_as, cgroup_procs: &procs, withheld_env: &withheld };
+        let spawn = Spawn {
+            program,
+            args: rest,
+            run_as,
+            cgroup_procs: &procs,
+            withheld_env: &withheld,
+        };
         let mut child = spawn.spawn()?;
         let code = supervise(&mut child).await?;
         anyhow::Ok((code, service.stop()))

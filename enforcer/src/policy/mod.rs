@@ -30,16 +30,29 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy directory {path}: {source}")]
-    ReadDir { path: PathBuf, source: std::io::Error },
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read policy file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("policy directory {0} holds no *.yaml file")]
     Empty(PathBuf),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -122,7 +135,10 @@ impl EgressRule {
         let ip = canonical_ip(dst.ip());
         self.to.iter().any(|net| net.contains(&ip))
             && (self.ports.is_empty()
-                || self.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&dst.port())))
+                || self
+                    .ports
+                    .iter()
+                    .any(|&(lo, hi)| (lo..=hi).contains(&dst.port())))
     }
 }
 
@@ -151,14 +167,20 @@ impl Policy {
     /// Loads and validates every `*.yaml`/`*.yml` file in `dir` (sorted, so errors come in a
     /// stable order).
     pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|source| PolicyError::ReadDir { path: dir.to_owned(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut files = Vec::new();
         for entry in entries {
-            let entry =
-                entry.map_err(|source| PolicyError::ReadDir { path: dir.to_owned(), source })?;
+            let entry = entry.map_err(|source| PolicyError::ReadDir {
+                path: dir.to_owned(),
+                source,
+            })?;
             let path = entry.path();
-            let is_yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+            let is_yaml = path
+                .extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml");
             if is_yaml && path.is_file() {
                 files.push(path);
             }
@@ -169,8 +191,10 @@ impl Policy {
         }
         let mut sources = Vec::with_capacity(files.len());
         for path in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| PolicyError::ReadFile { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
             sources.push((path, text));
         }
         Self::from_sources(&sources)
@@ -237,7 +261,10 @@ impl Validator {
             self.error(name.referenced, format!("{what} name must not be empty"));
             return false;
         }
-        if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        if !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
             self.error(
                 name.referenced,
                 format!("{what} name {value:?} may only hold letters, digits, '-', '_' and '.'"),
@@ -254,14 +281,18 @@ impl Validator {
             self.error(name.referenced, message);
             return false;
         }
-        self.names.insert(value.to_owned(), (self.current.clone(), name.referenced));
+        self.names
+            .insert(value.to_owned(), (self.current.clone(), name.referenced));
         true
     }
 
     fn socket_addr(&mut self, text: &Spanned<String>, what: &str) -> Option<SocketAddr> {
         match text.value.trim().parse::<SocketAddr>() {
             Ok(addr) if addr.port() == 0 => {
-                self.error(text.referenced, format!("{what} {:?} has port 0", text.value));
+                self.error(
+                    text.referenced,
+                    format!("{what} {:?} has port 0", text.value),
+                );
                 None
             }
             Ok(addr) => Some(canonical_addr(addr)),
@@ -292,7 +323,10 @@ impl Validator {
             );
         }
         if spec.addresses.value.is_empty() {
-            self.error(spec.addresses.referenced, "resource needs at least one address");
+            self.error(
+                spec.addresses.referenced,
+                "resource needs at least one address",
+            );
         }
         let addresses: Vec<_> = spec
             .addresses
@@ -300,7 +334,10 @@ impl Validator {
             .iter()
             .filter_map(|a| self.socket_addr(a, "address"))
             .collect();
-        let upstream = spec.upstream.as_ref().and_then(|u| self.socket_addr(u, "upstream"));
+        let upstream = spec
+            .upstream
+            .as_ref()
+            .and_then(|u| self.socket_addr(u, "upstream"));
         let credential = match (&spec.credential, protocol) {
             (Some(cred), _) => self.credential(cred),
             (None, Some(p)) if p.needs_credential() => {
@@ -318,7 +355,10 @@ impl Validator {
         };
         for host in &spec.hosts {
             if host.value.trim().is_empty() || host.value.contains(char::is_whitespace) {
-                self.error(host.referenced, format!("host name {:?} is not valid", host.value));
+                self.error(
+                    host.referenced,
+                    format!("host name {:?} is not valid", host.value),
+                );
             }
         }
         if let (true, Some(protocol)) = (name_ok, protocol) {
@@ -342,7 +382,10 @@ impl Validator {
                 CredentialSource::File(PathBuf::from(file.value.trim()))
             }
             (Some(_), Some(_)) => {
-                self.error(cred.referenced, "credential takes exactly one of `env` or `file`");
+                self.error(
+                    cred.referenced,
+                    "credential takes exactly one of `env` or `file`",
+                );
                 return None;
             }
             _ => {
@@ -353,13 +396,19 @@ impl Validator {
                 return None;
             }
         };
-        Some(Credential { source, username: cred.value.username.clone() })
+        Some(Credential {
+            source,
+            username: cred.value.username.clone(),
+        })
     }
 
     fn egress(&mut self, spec: file::EgressSpec) {
         let name_ok = self.unique_name(&spec.name, "egress rule");
         if spec.to.value.is_empty() {
-            self.error(spec.to.referenced, "egress rule needs at least one CIDR in `to`");
+            self.error(
+                spec.to.referenced,
+                "egress rule needs at least one CIDR in `to`",
+            );
         }
         let mut to = Vec::new();
         for cidr in &spec.to.value {
@@ -369,11 +418,10 @@ impl Validator {
                 .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
                 .map(|net| match net {
                     IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
-                        Some(v4) if v6.prefix_len() >= 96 => IpNet::new(
-                            IpAddr::V4(v4),
-                            v6.prefix_len() - 96,
-                        )
-                        .unwrap_or(IpNet::V6(v6)),
+                        Some(v4) if v6.prefix_len() >= 96 => {
+                            IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+                                .unwrap_or(IpNet::V6(v6))
+                        }
                         _ => IpNet::V6(v6),
                     },
                     v4 => v4,
@@ -381,7 +429,10 @@ impl Validator {
             match parsed {
                 Ok(net) if net.trunc() != net => self.error(
                     cidr.referenced,
-                    format!("CIDR {text:?} has host bits set; did you mean {}?", net.trunc()),
+                    format!(
+                        "CIDR {text:?} has host bits set; did you mean {}?",
+                        net.trunc()
+                    ),
                 ),
                 Ok(net) => to.push(net),
                 Err(_) => self.error(
@@ -398,7 +449,11 @@ impl Validator {
             }
         }
         if name_ok {
-            self.policy.egress.push(EgressRule { name: spec.name.value.trim().to_owned(), to, ports });
+            self.policy.egress.push(EgressRule {
+                name: spec.name.value.trim().to_owned(),
+                to,
+                ports,
+            });
         }
     }
 

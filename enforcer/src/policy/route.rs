@@ -45,10 +45,16 @@ impl Policy {
     pub fn route(&self, dst: SocketAddr) -> Route {
         let dst = canonical_addr(dst);
         if let Some(resource) = self.resources.iter().find(|r| r.addresses.contains(&dst)) {
-            return Route { target: RouteTarget::Resource(resource.clone()) };
+            return Route {
+                target: RouteTarget::Resource(resource.clone()),
+            };
         }
         if let Some(rule) = self.egress.iter().find(|rule| rule.matches(&dst)) {
-            return Route { target: RouteTarget::Egress { rule: rule.name.clone() } };
+            return Route {
+                target: RouteTarget::Egress {
+                    rule: rule.name.clone(),
+                },
+            };
         }
         Route {
             target: RouteTarget::Deny {

@@ -43,12 +43,16 @@ fn good_policy_loads_and_routes() {
     assert_eq!(route("[::1]:1234").rule(), Some("anything-v6"));
     assert_eq!(route("127.0.0.9:9011").kind(), "deny");
     assert_eq!(route("10.0.0.5:8080").kind(), "deny");
-    assert_eq!(policy.dns_resolver, Some("127.0.0.53:53".parse().expect("addr")));
+    assert_eq!(
+        policy.dns_resolver,
+        Some("127.0.0.53:53".parse().expect("addr"))
+    );
 }
 
 #[test]
 fn unknown_key_names_line_and_column() {
-    let errs = errors("resources:\n  - name: a\n    protocol: http\n    adresses: [\"127.0.0.1:80\"]\n");
+    let errs =
+        errors("resources:\n  - name: a\n    protocol: http\n    adresses: [\"127.0.0.1:80\"]\n");
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].starts_with("p.yaml:4:"), "{errs:?}");
     assert!(errs[0].contains("adresses"), "{errs:?}");
@@ -90,7 +94,8 @@ egress:
 
 #[test]
 fn credential_needs_exactly_one_source() {
-    let base = "resources:\n  - name: db\n    protocol: mysql\n    addresses: [\"127.0.0.1:3306\"]\n";
+    let base =
+        "resources:\n  - name: db\n    protocol: mysql\n    addresses: [\"127.0.0.1:3306\"]\n";
     let errs = errors(&format!("{base}    credential: {{}}\n"));
     assert!(errs[0].contains("credential source is missing"), "{errs:?}");
     let errs = errors(&format!("{base}    credential: {{env: A, file: /b}}\n"));
@@ -99,14 +104,23 @@ fn credential_needs_exactly_one_source() {
 
 #[test]
 fn duplicates_across_files_and_broken_yaml() {
-    let a = (PathBuf::from("a.yaml"), "egress:\n  - name: x\n    to: [127.0.0.1]\n".to_owned());
-    let b = (PathBuf::from("b.yaml"), "egress:\n  - name: x\n    to: [127.0.0.2]\n".to_owned());
+    let a = (
+        PathBuf::from("a.yaml"),
+        "egress:\n  - name: x\n    to: [127.0.0.1]\n".to_owned(),
+    );
+    let b = (
+        PathBuf::from("b.yaml"),
+        "egress:\n  - name: x\n    to: [127.0.0.2]\n".to_owned(),
+    );
     let c = (PathBuf::from("c.yaml"), "egress: [\n".to_owned());
     let Err(PolicyError::Invalid(diags)) = Policy::from_sources(&[a, b, c]) else {
         panic!("expected errors");
     };
     let text: Vec<_> = diags.iter().map(ToString::to_string).collect();
-    assert!(text[0].starts_with("b.yaml:2:11: duplicate name \"x\": already defined at a.yaml:2:11"), "{text:?}");
+    assert!(
+        text[0].starts_with("b.yaml:2:11: duplicate name \"x\": already defined at a.yaml:2:11"),
+        "{text:?}"
+    );
     assert!(text[1].starts_with("c.yaml:"), "{text:?}");
     assert_eq!(text.len(), 2);
 }

@@ -11,7 +11,8 @@ use tokio::net::TcpStream;
 use crate::policy::{Protocol, Resource};
 use crate::proxy::{Connection, RelayError, RelayStats, relay};
 
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<RelayStats, RelayError>> + Send + 'a>>;
+pub type HandlerFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<RelayStats, RelayError>> + Send + 'a>>;
 
 /// Serves one workload connection to a resource.
 pub trait ProtocolHandler: Send + Sync {
@@ -41,8 +42,10 @@ impl ProtocolHandler for PassThrough {
 /// The handler for a protocol.
 pub fn handler_for(protocol: Protocol) -> &'static dyn ProtocolHandler {
     match protocol {
-        Protocol::Postgres | Protocol::Mysql | Protocol::Kubernetes | Protocol::Ssh | Protocol::Http => {
-            &PassThrough
-        }
+        Protocol::Postgres
+        | Protocol::Mysql
+        | Protocol::Kubernetes
+        | Protocol::Ssh
+        | Protocol::Http => &PassThrough,
     }
 }

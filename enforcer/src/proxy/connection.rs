@@ -32,7 +32,11 @@ impl Connection {
 }
 
 fn process(orig: &OrigDst) -> Process {
-    let len = orig.comm.iter().position(|&b| b == 0).unwrap_or(orig.comm.len());
+    let len = orig
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(orig.comm.len());
     Process {
         pid: orig.pid,
         tid: orig.tid,

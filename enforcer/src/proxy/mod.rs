@@ -32,7 +32,10 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything a connection task needs.
@@ -61,10 +64,22 @@ impl Listeners {
         for _ in 0..attempts {
             let [v4_addr, v6_addr] = proxy_addrs(port);
             let v4 = listen(v4_addr)?;
-            let port = v4.local_addr().map_err(|source| ProxyError::Bind { addr: v4_addr, source })?.port();
+            let port = v4
+                .local_addr()
+                .map_err(|source| ProxyError::Bind {
+                    addr: v4_addr,
+                    source,
+                })?
+                .port();
             let v6_addr = SocketAddr::new(v6_addr.ip(), port);
             match listen(v6_addr) {
-                Ok(v6) => return Ok(Listeners { v4, v6: Some(v6), port }),
+                Ok(v6) => {
+                    return Ok(Listeners {
+                        v4,
+                        v6: Some(v6),
+                        port,
+                    });
+                }
                 // No IPv6 on this host: IPv6 connects then fail, which is what we want anyway.
                 Err(ProxyError::Bind { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
@@ -83,7 +98,12 @@ impl Listeners {
 
 fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     let err = |source| ProxyError::Bind { addr, source };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     socket.bind(addr).map_err(err)?;
     socket.listen(4096).map_err(err)
@@ -103,7 +123,15 @@ impl Proxy {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
-        Proxy { workload, policy, redirect, recorder, metrics, port, next_id: AtomicU64::new(start) }
+        Proxy {
+            workload,
+            policy,
+            redirect,
+            recorder,
+            metrics,
+            port,
+            next_id: AtomicU64::new(start),
+        }
     }
 
     /// Accepts on every listener until the task is dropped.
@@ -137,7 +165,9 @@ impl Proxy {
     fn route(&self, conn: &Connection) -> Route {
         if proxy_addrs(self.port).contains(&crate::policy::canonical_addr(conn.orig_dst)) {
             return Route {
-                target: RouteTarget::Deny { reason: "connection to enforcer's own proxy port".into() },
+                target: RouteTarget::Deny {
+                    reason: "connection to enforcer's own proxy port".into(),
+                },
             };
         }
         self.policy.route(conn.orig_dst)
@@ -151,7 +181,9 @@ impl Proxy {
         };
         let Some(orig) = orig else {
             self.metrics.orig_dst_misses.inc();
-            self.metrics.accept_latency.observe(accepted.elapsed().as_secs_f64());
+            self.metrics
+                .accept_latency
+                .observe(accepted.elapsed().as_secs_f64());
             let event = ConnectionDecided {
                 connection: id,
                 workload: self.workload.clone(),
@@ -170,8 +202,14 @@ impl Proxy {
         };
         let conn = Connection::new(id, &self.workload, peer, &orig);
         let route = self.route(&conn);
-        self.metrics.accept_latency.observe(accepted.elapsed().as_secs_f64());
-        let decision = if matches!(route.target, RouteTarget::Deny { .. }) { "deny" } else { "allow" };
+        self.metrics
+            .accept_latency
+            .observe(accepted.elapsed().as_secs_f64());
+        let decision = if matches!(route.target, RouteTarget::Deny { .. }) {
+            "deny"
+        } else {
+            "allow"
+        };
         self.count(route.kind(), decision, route.rule().unwrap_or(""));
         let decided = ConnectionDecided {
             connection: id,
@@ -187,7 +225,12 @@ impl Proxy {
                 _ => None,
             },
         };
-        if self.recorder.record(Event::ConnectionDecided(decided)).await.is_err() {
+        if self
+            .recorder
+            .record(Event::ConnectionDecided(decided))
+            .await
+            .is_err()
+        {
             // Cannot record: fail closed.
             reset(stream);
             return;
@@ -202,17 +245,31 @@ impl Proxy {
             }
             RouteTarget::Egress { .. } => relay(&mut stream, conn.orig_dst).await,
             RouteTarget::Resource(resource) => {
-                protocol::handler_for(resource.protocol).serve(&conn, &mut stream, resource).await
+                protocol::handler_for(resource.protocol)
+                    .serve(&conn, &mut stream, resource)
+                    .await
             }
         };
         self.metrics.active_connections.dec();
         let (stats, error) = match result {
             Ok(stats) => (stats, None),
-            Err(RelayError::Io { stats, ref source, .. }) => (stats, Some(source.to_string())),
+            Err(RelayError::Io {
+                stats, ref source, ..
+            }) => (stats, Some(source.to_string())),
             Err(e) => (RelayStats::default(), Some(e.to_string())),
         };
-        self.metrics.relay_bytes.get_or_create(&DirectionLabels { direction: "to_upstream".into() }).inc_by(stats.to_upstream);
-        self.metrics.relay_bytes.get_or_create(&DirectionLabels { direction: "to_client".into() }).inc_by(stats.to_client);
+        self.metrics
+            .relay_bytes
+            .get_or_create(&DirectionLabels {
+                direction: "to_upstream".into(),
+            })
+            .inc_by(stats.to_upstream);
+        self.metrics
+            .relay_bytes
+            .get_or_create(&DirectionLabels {
+                direction: "to_client".into(),
+            })
+            .inc_by(stats.to_client);
         let closed = ConnectionClosed {
             connection: id,
             workload: self.workload.clone(),

@@ -14,11 +14,18 @@ pub struct RelayStats {
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("upstream {addr} refused or unreachable: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("upstream {addr} did not answer within {secs}s")]
     ConnectTimeout { addr: SocketAddr, secs: u64 },
     #[error("relay with {addr} failed after {stats:?}: {source}")]
-    Io { addr: SocketAddr, stats: RelayStats, source: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        stats: RelayStats,
+        source: std::io::Error,
+    },
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,15 +37,28 @@ pub async fn connect_upstream(addr: SocketAddr) -> Result<TcpStream, RelayError>
             Ok(stream)
         }
         Ok(Err(source)) => Err(RelayError::Connect { addr, source }),
-        Err(_) => Err(RelayError::ConnectTimeout { addr, secs: CONNECT_TIMEOUT.as_secs() }),
+        Err(_) => Err(RelayError::ConnectTimeout {
+            addr,
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
     }
 }
 
 /// Copies both ways until both sides have closed; half-closes are passed on.
-pub async fn relay(client: &mut TcpStream, upstream_addr: SocketAddr) -> Result<RelayStats, RelayError> {
+pub async fn relay(
+    client: &mut TcpStream,
+    upstream_addr: SocketAddr,
+) -> Result<RelayStats, RelayError> {
     let mut upstream = connect_upstream(upstream_addr).await?;
     match tokio::io::copy_bidirectional(client, &mut upstream).await {
-        Ok((to_upstream, to_client)) => Ok(RelayStats { to_upstream, to_client }),
-        Err(source) => Err(RelayError::Io { addr: upstream_addr, stats: RelayStats::default(), source }),
+        Ok((to_upstream, to_client)) => Ok(RelayStats {
+            to_upstream,
+            to_client,
+        }),
+        Err(source) => Err(RelayError::Io {
+            addr: upstream_addr,
+            stats: RelayStats::default(),
+            source,
+        }),
     }
 }

@@ -25,9 +25,15 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("cannot open audit log {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write audit log {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode audit event: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -44,7 +50,10 @@ impl AuditLog {
     /// Opens (creating if needed, mode 0600) and continues the chain where it ends.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let open_err = |source| AuditError::Open { path: path.to_owned(), source };
+        let open_err = |source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let (mut seq, mut prev) = (0, GENESIS.to_owned());
         if path.exists() {
             let reader = BufReader::new(File::open(path).map_err(open_err)?);
@@ -62,7 +71,12 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(open_err)?;
-        Ok(AuditLog { path: path.to_owned(), file, seq, prev })
+        Ok(AuditLog {
+            path: path.to_owned(),
+            file,
+            seq,
+            prev,
+        })
     }
 
     pub fn append(&mut self, event: &Event) -> Result<(), AuditError> {
@@ -78,7 +92,10 @@ impl AuditLog {
         let line = format!("{body},\"hash\":\"{hash}\"}}\n");
         self.file
             .write_all(line.as_bytes())
-            .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+            .map_err(|source| AuditError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
         self.seq = seq;
         self.prev = hash;
         Ok(())
@@ -86,7 +103,10 @@ impl AuditLog {
 
     /// Makes what was appended durable and records the chain head.
     pub fn sync(&mut self) -> Result<(), AuditError> {
-        let write_err = |source| AuditError::Write { path: self.path.clone(), source };
+        let write_err = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
         self.file.sync_data().map_err(write_err)?;
         let head = head_path(&self.path);
         let tmp = head.with_extension("head.tmp");
@@ -163,7 +183,12 @@ impl Record {
             prev: String,
         }
         let head: Head = serde_json::from_str(&format!("{body}}}")).ok()?;
-        Some(Record { seq: head.seq, prev: head.prev, hash, body: body.to_owned() })
+        Some(Record {
+            seq: head.seq,
+            prev: head.prev,
+            hash,
+            body: body.to_owned(),
+        })
     }
 }
 
@@ -177,18 +202,29 @@ pub enum Verdict {
 /// Checks every link of the chain in `path` (and its head file, if present) and reports the
 /// first broken one.
 pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
-    let open_err = |source| AuditError::Open { path: path.to_owned(), source };
+    let open_err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
     let reader = BufReader::new(File::open(path).map_err(open_err)?);
     let (mut seq, mut prev) = (0u64, GENESIS.to_owned());
     for (index, line) in reader.lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(open_err)?;
-        let broken = |problem: String| Ok(Verdict::Broken { line: number, problem });
+        let broken = |problem: String| {
+            Ok(Verdict::Broken {
+                line: number,
+                problem,
+            })
+        };
         let Some(record) = Record::parse(&line) else {
             return broken("not an audit record (edited or corrupted)".into());
         };
         if chain_hash(&record.body) != record.hash {
-            return broken(format!("record {} was edited: its hash does not match", record.seq));
+            return broken(format!(
+                "record {} was edited: its hash does not match",
+                record.seq
+            ));
         }
         if record.seq != seq + 1 {
             return broken(format!(
@@ -216,12 +252,18 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
                 problem: format!(
                     "the chain ends at record {seq} but {} says it ends at {}: records were cut off the end",
                     head.display(),
-                    head_seq.map_or_else(|| "an unreadable place".to_owned(), |s| format!("record {s}"))
+                    head_seq.map_or_else(
+                        || "an unreadable place".to_owned(),
+                        |s| format!("record {s}")
+                    )
                 ),
             });
         }
     }
-    Ok(Verdict::Intact { records: seq, head: prev })
+    Ok(Verdict::Intact {
+        records: seq,
+        head: prev,
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +295,11 @@ mod tests {
     }
 
     fn lines(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path).expect("read").lines().map(str::to_owned).collect()
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn write(path: &Path, lines: &[String]) {
@@ -263,12 +309,18 @@ mod tests {
     #[test]
     fn intact_chain_verifies_and_reopening_continues_it() {
         let (_dir, path) = chain(5);
-        assert!(matches!(verify(&path).expect("verify"), Verdict::Intact { records: 5, .. }));
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Intact { records: 5, .. }
+        ));
         let mut log = AuditLog::open(&path).expect("reopen");
         assert_eq!(log.seq(), 5);
         log.append(&event(6)).expect("append");
         log.sync().expect("sync");
-        assert!(matches!(verify(&path).expect("verify"), Verdict::Intact { records: 6, .. }));
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Intact { records: 6, .. }
+        ));
     }
 
     #[test]
@@ -295,7 +347,10 @@ mod tests {
             let mut deleted = original.clone();
             deleted.remove(i);
             write(&path, &deleted);
-            assert!(matches!(verify(&path).expect("verify"), Verdict::Broken { .. }), "delete {i}");
+            assert!(
+                matches!(verify(&path).expect("verify"), Verdict::Broken { .. }),
+                "delete {i}"
+            );
         }
         for i in 0..original.len() - 1 {
             let mut swapped = original.clone();
@@ -314,6 +369,9 @@ mod tests {
         let mut l = lines(&path);
         l.push("{\"seq\":3,\"hash\":\"\u{1F600}".into());
         write(&path, &l);
-        assert!(matches!(verify(&path).expect("verify"), Verdict::Broken { line: 3, .. }));
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Broken { line: 3, .. }
+        ));
     }
 }

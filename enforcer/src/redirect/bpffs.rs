@@ -19,7 +19,10 @@ pub fn ensure_mounted(path: &Path) -> Result<(), RedirectError> {
         Ok(true) => return Ok(()),
         Ok(false) => {}
         Err(e) => {
-            return Err(RedirectError::Bpffs(format!("cannot stat {}: {e}", path.display())));
+            return Err(RedirectError::Bpffs(format!(
+                "cannot stat {}: {e}",
+                path.display()
+            )));
         }
     }
     mount(Some("bpf"), path, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)

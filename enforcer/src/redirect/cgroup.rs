@@ -31,7 +31,13 @@ pub fn check_cgroup2(path: &Path) -> Result<(), RedirectError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such cgroup directory"),
         });
     }
-    if is_cgroup2(path) { Ok(()) } else { Err(RedirectError::NotCgroup2 { path: path.to_owned() }) }
+    if is_cgroup2(path) {
+        Ok(())
+    } else {
+        Err(RedirectError::NotCgroup2 {
+            path: path.to_owned(),
+        })
+    }
 }
 
 /// A cgroup enforcer created for one `enforcer run`; removed (processes killed first) on drop.
@@ -46,7 +52,10 @@ impl WorkloadCgroup {
         check_cgroup2(root)?;
         let parent = root.join("enforcer");
         let path = parent.join(name);
-        let err = |source| RedirectError::Cgroup { path: path.clone(), source };
+        let err = |source| RedirectError::Cgroup {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(&parent).map_err(err)?;
         std::fs::create_dir(&path).map_err(err)?;
         Ok(WorkloadCgroup { path })
@@ -74,7 +83,10 @@ impl WorkloadCgroup {
 
     /// Kills whatever is left (daemonized grandchildren included) and removes the cgroup.
     pub fn remove(&self) -> Result<(), RedirectError> {
-        let err = |source| RedirectError::Cgroup { path: self.path.clone(), source };
+        let err = |source| RedirectError::Cgroup {
+            path: self.path.clone(),
+            source,
+        };
         if !self.path.exists() {
             return Ok(());
         }

@@ -19,13 +19,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink,
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
 };
-use enforcer_common::{
-    CONFIG_DNS_ENABLED, Config, Counter, OrigDst, PROGRAMS, PeerKey, map_name,
-};
+use enforcer_common::{CONFIG_DNS_ENABLED, Config, Counter, OrigDst, PROGRAMS, PeerKey, map_name};
 
 pub use bpffs::DEFAULT_BPFFS;
 
@@ -35,29 +31,49 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 #[derive(Debug, thiserror::Error)]
 pub enum RedirectError {
     #[error("cannot open cgroup {path}: {source} (is it a cgroup v2 directory?)")]
-    Cgroup { path: PathBuf, source: std::io::Error },
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not on a cgroup v2 file system")]
     NotCgroup2 { path: PathBuf },
     #[error("bpffs: {0}")]
     Bpffs(String),
-    #[error("cgroup {cgroup} is already enforced (pins in {pins}); run `enforcer detach --cgroup {cgroup}` first, or use the daemon to resume it")]
+    #[error(
+        "cgroup {cgroup} is already enforced (pins in {pins}); run `enforcer detach --cgroup {cgroup}` first, or use the daemon to resume it"
+    )]
     AlreadyAttached { cgroup: PathBuf, pins: PathBuf },
     #[error("cgroup {cgroup} is not enforced by enforcer (no pins in {pins})")]
     NotAttached { cgroup: PathBuf, pins: PathBuf },
     #[error("cannot load the eBPF programs: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF program {name}: cannot keep its link: {source}")]
-    Link { name: &'static str, source: aya::programs::links::LinkError },
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
     #[error("eBPF program {0} is missing from the object file")]
     MissingProgram(&'static str),
     #[error("cannot pin {path}: {source}")]
-    Pin { path: PathBuf, source: aya::pin::PinError },
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("cannot remove pins in {path}: {source}")]
-    Unpin { path: PathBuf, source: std::io::Error },
+    Unpin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The userspace handle on an enforced cgroup: its maps. Dropping it leaves the programs
@@ -82,26 +98,39 @@ impl RedirectConfig {
             Some(addr) => (addr_words(addr.ip()), addr.port(), CONFIG_DNS_ENABLED),
             None => ([0; 4], 0, 0),
         };
-        Config { proxy_port: self.proxy_port, dns_port, dns_addr, flags, _pad: 0 }
+        Config {
+            proxy_port: self.proxy_port,
+            dns_port,
+            dns_addr,
+            flags,
+            _pad: 0,
+        }
     }
 
     fn from_kernel(config: Config) -> Self {
         let dns_resolver = (config.flags & CONFIG_DNS_ENABLED != 0)
             .then(|| SocketAddr::new(words_addr(config.dns_addr), config.dns_port));
-        RedirectConfig { proxy_port: config.proxy_port, dns_resolver }
+        RedirectConfig {
+            proxy_port: config.proxy_port,
+            dns_resolver,
+        }
     }
 }
 
 /// Where the pins of `cgroup` live under `bpffs`.
 pub fn pin_dir(bpffs: &Path, cgroup: &Path) -> Result<PathBuf, RedirectError> {
-    let meta = std::fs::metadata(cgroup)
-        .map_err(|source| RedirectError::Cgroup { path: cgroup.to_owned(), source })?;
+    let meta = std::fs::metadata(cgroup).map_err(|source| RedirectError::Cgroup {
+        path: cgroup.to_owned(),
+        source,
+    })?;
     Ok(bpffs.join("enforcer").join(format!("cg-{}", meta.ino())))
 }
 
 /// Whether `cgroup` has enforcer's programs pinned.
 pub fn is_attached(bpffs: &Path, cgroup: &Path) -> Result<bool, RedirectError> {
-    Ok(pin_dir(bpffs, cgroup)?.join(link_file(PROGRAMS[0])).exists())
+    Ok(pin_dir(bpffs, cgroup)?
+        .join(link_file(PROGRAMS[0]))
+        .exists())
 }
 
 fn link_file(program: &str) -> String {
@@ -119,7 +148,10 @@ impl Redirect {
         bpffs::ensure_mounted(bpffs)?;
         let pins = pin_dir(bpffs, cgroup)?;
         if pins.join(link_file(PROGRAMS[0])).exists() {
-            return Err(RedirectError::AlreadyAttached { cgroup: cgroup.to_owned(), pins });
+            return Err(RedirectError::AlreadyAttached {
+                cgroup: cgroup.to_owned(),
+                pins,
+            });
         }
         // Leftovers of an attach that failed half-way hold no links: clear them.
         remove_pins(&pins)?;
@@ -139,22 +171,34 @@ impl Redirect {
         cgroup: &Path,
         config: RedirectConfig,
     ) -> Result<Redirect, RedirectError> {
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pins).load(PROGRAM_OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins)
+            .load(PROGRAM_OBJECT)?;
         // Config before attach: a program that ran without it would deny everything anyway, but
         // there is no reason to let the workload see that.
         {
             let map = ebpf.map_mut(map_name::CONFIG).ok_or(RedirectError::Map {
                 name: "CONFIG",
-                source: aya::maps::MapError::InvalidName { name: map_name::CONFIG.into() },
+                source: aya::maps::MapError::InvalidName {
+                    name: map_name::CONFIG.into(),
+                },
             })?;
-            let mut array: Array<&mut MapData, Config> = Array::try_from(map)
-                .map_err(|source| RedirectError::Map { name: "CONFIG", source })?;
+            let mut array: Array<&mut MapData, Config> =
+                Array::try_from(map).map_err(|source| RedirectError::Map {
+                    name: "CONFIG",
+                    source,
+                })?;
             array
                 .set(0, config.to_kernel(), 0)
-                .map_err(|source| RedirectError::Map { name: "CONFIG", source })?;
+                .map_err(|source| RedirectError::Map {
+                    name: "CONFIG",
+                    source,
+                })?;
         }
-        let cgroup_file = File::open(cgroup)
-            .map_err(|source| RedirectError::Cgroup { path: cgroup.to_owned(), source })?;
+        let cgroup_file = File::open(cgroup).map_err(|source| RedirectError::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
         for &name in PROGRAMS {
             attach_one(&mut ebpf, name, &cgroup_file, pins)?;
         }
@@ -166,7 +210,10 @@ impl Redirect {
     pub fn resume(bpffs: &Path, cgroup: &Path) -> Result<Redirect, RedirectError> {
         let pins = pin_dir(bpffs, cgroup)?;
         if !pins.join(link_file(PROGRAMS[0])).exists() {
-            return Err(RedirectError::NotAttached { cgroup: cgroup.to_owned(), pins });
+            return Err(RedirectError::NotAttached {
+                cgroup: cgroup.to_owned(),
+                pins,
+            });
         }
         Self::open(&pins)
     }
@@ -177,13 +224,29 @@ impl Redirect {
                 .map_err(|source| RedirectError::Map { name, source })?;
             Map::from_map_data(data).map_err(|source| RedirectError::Map { name, source })
         }
-        let config = Array::try_from(map(pins, map_name::CONFIG)?)
-            .map_err(|source| RedirectError::Map { name: "CONFIG", source })?;
-        let peers = HashMap::try_from(map(pins, map_name::PEER_ORIG)?)
-            .map_err(|source| RedirectError::Map { name: "PEER_ORIG", source })?;
-        let counters = PerCpuArray::try_from(map(pins, map_name::COUNTERS)?)
-            .map_err(|source| RedirectError::Map { name: "COUNTERS", source })?;
-        Ok(Redirect { pins: pins.to_owned(), config, peers, counters })
+        let config =
+            Array::try_from(map(pins, map_name::CONFIG)?).map_err(|source| RedirectError::Map {
+                name: "CONFIG",
+                source,
+            })?;
+        let peers = HashMap::try_from(map(pins, map_name::PEER_ORIG)?).map_err(|source| {
+            RedirectError::Map {
+                name: "PEER_ORIG",
+                source,
+            }
+        })?;
+        let counters = PerCpuArray::try_from(map(pins, map_name::COUNTERS)?).map_err(|source| {
+            RedirectError::Map {
+                name: "COUNTERS",
+                source,
+            }
+        })?;
+        Ok(Redirect {
+            pins: pins.to_owned(),
+            config,
+            peers,
+            counters,
+        })
     }
 
     pub fn pins(&self) -> &Path {
@@ -194,19 +257,28 @@ impl Redirect {
         self.config
             .get(&0, 0)
             .map(RedirectConfig::from_kernel)
-            .map_err(|source| RedirectError::Map { name: "CONFIG", source })
+            .map_err(|source| RedirectError::Map {
+                name: "CONFIG",
+                source,
+            })
     }
 
     pub fn set_config(&mut self, config: RedirectConfig) -> Result<(), RedirectError> {
         self.config
             .set(0, config.to_kernel(), 0)
-            .map_err(|source| RedirectError::Map { name: "CONFIG", source })
+            .map_err(|source| RedirectError::Map {
+                name: "CONFIG",
+                source,
+            })
     }
 
     /// Takes the kernel's record for a proxied connection whose client end is `peer`.
     /// The record is deleted so the map only holds connections not yet accepted.
     pub fn take_orig_dst(&mut self, peer: SocketAddr) -> Option<OrigDst> {
-        let key = PeerKey { addr: addr_words(peer.ip()), port: u32::from(peer.port()) };
+        let key = PeerKey {
+            addr: addr_words(peer.ip()),
+            port: u32::from(peer.port()),
+        };
         let found = self.peers.get(&key, 0).ok()?;
         let _ = self.peers.remove(&key);
         Some(found)
@@ -234,7 +306,9 @@ fn attach_one(
     cgroup: &File,
     pins: &Path,
 ) -> Result<(), RedirectError> {
-    let program = ebpf.program_mut(name).ok_or(RedirectError::MissingProgram(name))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(RedirectError::MissingProgram(name))?;
     let prog_err = |source| RedirectError::Program { name, source };
     // bpf_link attachments always coexist with other programs on the cgroup (systemd's,
     // a container runtime's; a deny from any of them wins) and the kernel refuses the legacy
@@ -243,20 +317,30 @@ fn attach_one(
     let link: FdLink = if let Ok(p) = <&mut CgroupSockAddr>::try_from(&mut *program) {
         p.load().map_err(prog_err)?;
         let id = p.attach(cgroup, mode).map_err(prog_err)?;
-        p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| RedirectError::Link { name, source })?
+        p.take_link(id)
+            .map_err(prog_err)?
+            .try_into()
+            .map_err(|source| RedirectError::Link { name, source })?
     } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
         p.load().map_err(prog_err)?;
         let id = p.attach(cgroup, mode).map_err(prog_err)?;
-        p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| RedirectError::Link { name, source })?
+        p.take_link(id)
+            .map_err(prog_err)?
+            .try_into()
+            .map_err(|source| RedirectError::Link { name, source })?
     } else if let Ok(p) = <&mut CgroupSock>::try_from(&mut *program) {
         p.load().map_err(prog_err)?;
         let id = p.attach(cgroup, mode).map_err(prog_err)?;
-        p.take_link(id).map_err(prog_err)?.try_into().map_err(|source| RedirectError::Link { name, source })?
+        p.take_link(id)
+            .map_err(prog_err)?
+            .try_into()
+            .map_err(|source| RedirectError::Link { name, source })?
     } else {
         return Err(RedirectError::MissingProgram(name));
     };
     let path = pins.join(link_file(name));
-    link.pin(&path).map_err(|source| RedirectError::Pin { path, source })?;
+    link.pin(&path)
+        .map_err(|source| RedirectError::Pin { path, source })?;
     Ok(())
 }
 
@@ -276,16 +360,29 @@ pub fn remove_pins(pins: &Path) -> Result<(), RedirectError> {
     let entries = match std::fs::read_dir(pins) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(RedirectError::Unpin { path: pins.to_owned(), source }),
+        Err(source) => {
+            return Err(RedirectError::Unpin {
+                path: pins.to_owned(),
+                source,
+            });
+        }
     };
     // Links first, so no program runs against a map that is being removed.
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")));
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+    });
     for path in paths {
-        std::fs::remove_file(&path)
-            .map_err(|source| RedirectError::Unpin { path: path.clone(), source })?;
+        std::fs::remove_file(&path).map_err(|source| RedirectError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
     }
-    std::fs::remove_dir(pins).map_err(|source| RedirectError::Unpin { path: pins.to_owned(), source })?;
+    std::fs::remove_dir(pins).map_err(|source| RedirectError::Unpin {
+        path: pins.to_owned(),
+        source,
+    })?;
     // The shared `enforcer` directory goes with the last enforced cgroup; busy means others.
     if let Some(parent) = pins.parent() {
         let _ = std::fs::remove_dir(parent);
@@ -300,7 +397,9 @@ pub fn addr_words(ip: IpAddr) -> [u32; 4] {
         IpAddr::V6(v6) => v6,
     };
     let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// Inverse of [`addr_words`]; v4-mapped comes back as IPv4.

@@ -34,18 +34,29 @@ impl Env {
             nix::unistd::Uid::effective().is_root(),
             "the end-to-end suites attach eBPF programs to cgroups and must run as root"
         );
-        let dir = tempfile::Builder::new().prefix("enforcer-test-").tempdir().expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = tempfile::Builder::new()
+            .prefix("enforcer-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let bpffs = dir.path().join("bpffs");
         std::fs::create_dir(&bpffs).expect("mkdir bpffs");
-        nix::mount::mount(Some("bpf"), &bpffs, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .expect("mount a private bpffs");
+        nix::mount::mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount a private bpffs");
         let state = dir.path().join("state");
         // Workload tools (python probe, Rust client) copied where `nobody` can run them.
         let tools = dir.path().join("tools");
         std::fs::create_dir(&tools).expect("mkdir tools");
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        std::fs::copy(repo.join("tests/clients/probe.py"), tools.join("probe.py")).expect("copy probe");
+        std::fs::copy(repo.join("tests/clients/probe.py"), tools.join("probe.py"))
+            .expect("copy probe");
         let client = Path::new(ENFORCER)
             .parent()
             .expect("target dir")
@@ -97,7 +108,10 @@ impl Env {
 
     /// Decision events of the audit log.
     pub fn decisions(&self) -> Vec<Value> {
-        self.audit_events().into_iter().filter(|e| e["kind"] == "connection_decided").collect()
+        self.audit_events()
+            .into_iter()
+            .filter(|e| e["kind"] == "connection_decided")
+            .collect()
     }
 
     /// The enforcement log (JSON lines).
@@ -113,17 +127,26 @@ impl Drop for Env {
 }
 
 pub fn read_json_lines(path: &Path) -> Vec<Value> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display())))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: bad JSON line {l:?}: {e}", path.display()))
+        })
         .collect()
 }
 
 /// Runs `cmd`, killing it and failing the test if it outlives `timeout`.
 pub fn output_within(mut cmd: Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
@@ -217,7 +240,12 @@ impl EchoServer {
                 }
             }
         });
-        EchoServer { addr, stop, accepted, thread: Some(thread) }
+        EchoServer {
+            addr,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -288,8 +316,13 @@ pub fn start_daemon(env: &Env, policy: &Path, cgroup: &Path, admin: &str) -> (Gu
         .expect("start enforcer daemon");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read ready line");
-    assert!(line.starts_with("ready "), "daemon did not become ready: {line:?}");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read ready line");
+    assert!(
+        line.starts_with("ready "),
+        "daemon did not become ready: {line:?}"
+    );
     (Guard(child), line)
 }
 
@@ -317,7 +350,10 @@ impl TestCgroup {
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.path.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                self.path.display()
+            ))
             .arg("sh")
             .arg(program)
             .args(args);
@@ -340,8 +376,14 @@ impl Drop for TestCgroup {
 /// Fetches `path` from an HTTP server on `addr` (plain HTTP/1.1, for /metrics and /healthz).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let status = response
@@ -349,7 +391,10 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad response {response:?}"));
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, dechunk(&body))
 }
 
@@ -358,8 +403,12 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     loop {
-        let Some((size, after)) = rest.split_once("\r\n") else { return body.to_owned() };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_owned() };
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
         if n == 0 {
             return out;
         }
@@ -373,7 +422,10 @@ fn dechunk(body: &str) -> String {
 
 /// A free TCP port on 127.0.0.1 (bound and released: good enough for servers we start at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// Python's http.server serving one random file, `file.bin`.
@@ -387,11 +439,20 @@ impl HttpServer {
     pub fn start(env: &Env) -> HttpServer {
         let root = env.path().join("www");
         std::fs::create_dir_all(&root).expect("mkdir www");
-        let content: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let content: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
         std::fs::write(root.join("file.bin"), &content).expect("write file");
         let port = free_port();
         let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
             .arg(&root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -403,6 +464,10 @@ impl HttpServer {
             assert!(Instant::now() < deadline, "http.server did not start");
             thread::sleep(Duration::from_millis(20));
         }
-        HttpServer { port, content, _child: guard }
+        HttpServer {
+            port,
+            content,
+            _child: guard,
+        }
     }
 }
