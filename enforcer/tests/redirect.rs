@@ -370,3 +370,40 @@ fn workload_exit_status_and_cleanup() {
         describe(&out)
     );
 }
+
+#[test]
+fn signals_are_passed_on_to_the_workload() {
+    let env = Env::new();
+    let policy = env.policy("egress: []\n");
+    let mut child = std::process::Command::new(ENFORCER)
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--state")
+        .arg(&env.state)
+        .arg("--bpffs")
+        .arg(&env.bpffs)
+        .args(["--admin", "127.0.0.1:0", "--", "sh", "-c"])
+        .arg("trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("enforcer run");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal enforcer");
+    let status = child.wait().expect("wait");
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line, "got TERM\n");
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "enforcer exits with the workload's status"
+    );
+}

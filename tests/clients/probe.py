@@ -23,10 +23,17 @@ import threading
 import time
 
 
+OUT_LOCK = threading.Lock()
+
+
 def out(**fields):
     fields.setdefault("pid", os.getpid())
     fields.setdefault("comm", open("/proc/self/comm").read().strip())
-    print(json.dumps(fields), flush=True)
+    line = json.dumps(fields) + "\n"
+    # One write per line under a lock: threads must not interleave their lines.
+    with OUT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def family(host):
@@ -151,9 +158,12 @@ def raw():
 def tfo(host, port):
     payload = b"fast open payload"
     with socket.socket(family(host), socket.SOCK_STREAM) as s:
-        s.settimeout(10)
+        # Blocking: a timeout would make the socket non-blocking, and a fast-open sendto
+        # without a cookie then answers EINPROGRESS instead of waiting for the handshake.
+        s.settimeout(None)
         try:
             s.sendto(payload, socket.MSG_FASTOPEN, (host, port))
+            s.settimeout(10)
         except OSError as e:
             out(probe="tfo", outcome=type(e).__name__)
             return
