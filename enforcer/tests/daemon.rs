@@ -209,25 +209,7 @@ fn metrics_are_valid_prometheus_and_count_kernel_denials() {
 #[test]
 fn dns_goes_to_the_policy_resolver_or_nowhere() {
     let env = Env::new();
-    let dns_port = free_udp_port();
-    let _dnsmasq = Guard(
-        Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                &format!("--port={dns_port}"),
-                "--address=/agent.example.test/127.0.0.7",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (Debian's dnsmasq-base) must be installed by `cargo xtask setup`"),
-    );
-    wait_for_dns(dns_port);
+    let (_dnsmasq, dns_port) = start_dnsmasq(&env);
     let probe = env.tool("probe.py");
     // The workload hard-codes a resolver; its queries still go to the policy's one, and the
     // reply comes back looking like it came from the address it asked.
@@ -266,19 +248,48 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Waits until the resolver answers a query sent straight to it (from outside the workload).
-fn wait_for_dns(port: u16) {
+/// dnsmasq on a free port (it also binds TCP on it, so a port taken there means another try).
+fn start_dnsmasq(env: &Env) -> (Guard, u16) {
+    for _ in 0..5 {
+        let port = free_udp_port();
+        let log = std::fs::File::create(env.path().join("dnsmasq.log")).expect("dnsmasq log");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                &format!("--port={port}"),
+                "--address=/agent.example.test/127.0.0.7",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dnsmasq (Debian's dnsmasq-base) must be installed by `cargo xtask setup`");
+        let guard = Guard(child);
+        if answers(port) {
+            return (guard, port);
+        }
+    }
+    let log = std::fs::read_to_string(env.path().join("dnsmasq.log")).unwrap_or_default();
+    panic!("dnsmasq did not answer on any port; its last words:\n{log}");
+}
+
+/// Whether the resolver answers a query sent straight to it (from outside the workload).
+fn answers(port: u16) -> bool {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05agent\x07example\x04test\x00\x00\x01\x00\x01";
     let mut buf = [0u8; 512];
-    for _ in 0..50 {
+    for _ in 0..25 {
         let _ = socket.send_to(query, ("127.0.0.1", port));
         if socket.recv(&mut buf).is_ok() {
-            return;
+            return true;
         }
     }
-    panic!("dnsmasq did not answer on port {port}");
+    false
 }

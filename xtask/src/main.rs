@@ -128,5 +128,47 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
         exec(cargo().args(["fmt", "--all", "--check"]))?;
         exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    exec(cargo().arg("test").args(args))
+    cargo_test(args)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one summary line over every
+/// test binary (`tests: N passed, N failed`), so the last line speaks for the whole run.
+fn cargo_test(args: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = cargo();
+    cmd.arg("test")
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    eprintln!("xtask: {}", display(&cmd));
+    let mut child = cmd.spawn().context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
