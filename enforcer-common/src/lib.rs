@@ -73,10 +73,22 @@ pub struct OrigDst {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// `ORIG_*` flags.
+    pub flags: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
+    /// bpf_ktime_get_ns() at TCP_CONNECT_CB (0 before re-keying).
+    pub connect_ns: u64,
 }
+
+/// `OrigDst::flags`: when this connection was re-keyed, another one from the same client
+/// address was still waiting to be accepted. The proxy cannot tell which record belongs to
+/// which accepted socket, so it must refuse (both: the other one then finds no record).
+pub const ORIG_AMBIGUOUS: u32 = 1;
+
+/// A record older than this when a new connection re-uses its key is a leftover (its
+/// connection never reached the proxy), not a rival.
+pub const STALE_RECORD_NS: u64 = 10_000_000_000;
 
 /// The client's end of a redirected TCP connection, as the proxy sees it in `peer_addr()`.
 #[repr(C)]
@@ -110,9 +122,11 @@ pub enum Counter {
     MapFull = 7,
     /// getpeername()/recvmsg() answered with the original address.
     PeerRestored = 8,
+    /// Two un-accepted connections shared a client address; both will be refused.
+    Ambiguous = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -125,6 +139,7 @@ impl Counter {
         Counter::RekeyMiss,
         Counter::MapFull,
         Counter::PeerRestored,
+        Counter::Ambiguous,
     ];
 
     /// Label used in metrics.
@@ -139,6 +154,7 @@ impl Counter {
             Counter::RekeyMiss => "rekey_miss",
             Counter::MapFull => "map_full",
             Counter::PeerRestored => "peer_restored",
+            Counter::Ambiguous => "ambiguous",
         }
     }
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray},
@@ -26,7 +26,7 @@ use aya_ebpf::{
 use core::{ffi::c_void, ptr};
 use enforcer_common::{
     AF_INET, AF_INET6, CONFIG_DNS_ENABLED, COUNTER_COUNT, Config, Counter, MAX_TRACKED_SOCKETS,
-    OrigDst, PeerKey, is_v4_mapped, v4_mapped,
+    ORIG_AMBIGUOUS, OrigDst, PeerKey, STALE_RECORD_NS, is_v4_mapped, v4_mapped,
 };
 
 const ALLOW: i32 = 1;
@@ -169,10 +169,11 @@ fn orig_dst(addr: [u32; 4], port: u16, family: u16) -> OrigDst {
         tid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        _pad: 0,
+        flags: 0,
         // SAFETY: no arguments; allowed in cgroup sock_addr programs.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        connect_ns: 0,
     }
 }
 

@@ -19,6 +19,12 @@ use crate::{cargo, exec, root, setup};
 /// Greets with its port, then reads and discards until the client closes.
 fn start_sink() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
+    // std listens with a backlog of 128: a connect loop would overflow it and measure SYN
+    // retransmits instead of connects. Listening again only raises the backlog.
+    // SAFETY: a valid listening socket fd.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
     let addr = listener.local_addr()?;
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {

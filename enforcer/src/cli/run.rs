@@ -109,8 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cgroup_procs: &procs,
             withheld_env: &withheld,
         };
-        let mut child = spawn.spawn()?;
-        let code = supervise(&mut child).await?;
+        let code = supervise(|| Ok(spawn.spawn()?)).await?;
         anyhow::Ok((code, service.stop()))
     });
     let (code, stopped) = match outcome {
@@ -126,8 +125,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// Waits for the child, passing on the signals a supervisor is sent.
-async fn supervise(child: &mut tokio::process::Child) -> anyhow::Result<i32> {
+/// Starts the child and waits for it, passing on the signals a supervisor is sent. The
+/// handlers are in place before the child exists, so no signal meant for it is lost (or, by
+/// its default action, kills enforcer instead).
+async fn supervise(
+    start: impl FnOnce() -> anyhow::Result<tokio::process::Child>,
+) -> anyhow::Result<i32> {
     let kinds = [
         SignalKind::interrupt(),
         SignalKind::terminate(),
@@ -136,10 +139,14 @@ async fn supervise(child: &mut tokio::process::Child) -> anyhow::Result<i32> {
         SignalKind::user_defined1(),
         SignalKind::user_defined2(),
     ];
+    let mut streams = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let sig = nix::sys::signal::Signal::try_from(kind.as_raw_value())?;
+        streams.push((signal(kind)?, sig));
+    }
+    let mut child = start()?;
     if let Some(pid) = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32)) {
-        for kind in kinds {
-            let mut stream = signal(kind)?;
-            let sig = nix::sys::signal::Signal::try_from(kind.as_raw_value())?;
+        for (mut stream, sig) in streams {
             // Ends with the runtime, after the child is gone.
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use enforcer_common::ORIG_AMBIGUOUS;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::{
@@ -179,8 +180,15 @@ impl Proxy {
             Ok(mut redirect) => redirect.take_orig_dst(peer),
             Err(poisoned) => poisoned.into_inner().take_orig_dst(peer),
         };
+        let orig = match orig {
+            Some(orig) if orig.flags & ORIG_AMBIGUOUS == 0 => Some(orig),
+            Some(_) => None,
+            None => {
+                self.metrics.orig_dst_misses.inc();
+                None
+            }
+        };
         let Some(orig) = orig else {
-            self.metrics.orig_dst_misses.inc();
             self.metrics
                 .accept_latency
                 .observe(accepted.elapsed().as_secs_f64());
@@ -193,7 +201,12 @@ impl Proxy {
                 decision: "deny".into(),
                 route: "deny".into(),
                 rule: None,
-                reason: Some("no kernel record of the original destination (not from the enforced workload?)".into()),
+                reason: Some(
+                    "no unambiguous kernel record of the original destination (not from the \
+                     enforced workload, or it re-used a client port while an earlier \
+                     connection from it was still waiting)"
+                        .into(),
+                ),
             };
             self.count("deny", "deny", "");
             let _ = self.recorder.record(Event::ConnectionDecided(event)).await;
