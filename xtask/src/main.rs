@@ -33,6 +33,9 @@ enum Cmd {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the redirect suite on Debian's 6.1 kernel under qemu.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -50,7 +53,11 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::BuildEbpf => build_ebpf(),
-        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Test {
+            no_lint,
+            no_vm,
+            args,
+        } => test(no_lint, no_vm, &args),
         Cmd::Demo => demo::run(),
         Cmd::VmTest => vm::run(),
         Cmd::Bench => bench::run(),
@@ -122,13 +129,23 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
-fn test(no_lint: bool, args: &[String]) -> Result<()> {
+fn test(no_lint: bool, no_vm: bool, args: &[String]) -> Result<()> {
     setup::run()?;
     if !no_lint {
         exec(cargo().args(["fmt", "--all", "--check"]))?;
         exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    cargo_test(args)
+    let vm = if no_vm || !args.is_empty() {
+        None
+    } else {
+        Some(vm::run())
+    };
+    // cargo test's summary comes last: it is the line CI reads.
+    let tests = cargo_test(args);
+    if let Some(vm) = vm {
+        vm.context("vm-test")?;
+    }
+    tests
 }
 
 /// Runs `cargo test`, passing its output through, and ends with one summary line over every
