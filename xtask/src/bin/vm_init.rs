@@ -267,7 +267,7 @@ fn suite() {
         }
     });
     r.check(
-        "fail closed when the daemon dies, resume on restart",
+        "daemon: root cannot open raw sockets, fail closed on kill -9, resume on restart",
         fail_closed(policy, port),
     );
     println!("vm-test: {} passed, {} failed", r.passed, r.failed);
