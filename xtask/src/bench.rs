@@ -88,7 +88,14 @@ fn field(text: &str, key: &str) -> Result<f64> {
         .with_context(|| format!("no {key} in {text:?}"))
 }
 
-pub fn run() -> Result<()> {
+pub fn run(only: &[String]) -> Result<()> {
+    const KINDS: [&str; 4] = ["connect", "latency", "throughput", "memory"];
+    if let Some(bad) = only.iter().find(|o| !KINDS.contains(&o.as_str())) {
+        bail!(
+            "unknown measurement {bad:?}; choose from {}",
+            KINDS.join(", ")
+        );
+    }
     setup::run()?;
     exec(cargo().args([
         "build",
@@ -108,17 +115,21 @@ pub fn run() -> Result<()> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let client = dir.join("bench_client");
     std::fs::copy(target.join("release/examples/bench_client"), &client)?;
-    let result = bench(Bench {
-        enforcer: target.join("release/enforcer"),
-        client,
-        policy: dir.join("policy"),
-        dir: dir.clone(),
-    });
+    let wanted = |kind: &str| only.is_empty() || only.iter().any(|o| o == kind);
+    let result = bench(
+        Bench {
+            enforcer: target.join("release/enforcer"),
+            client,
+            policy: dir.join("policy"),
+            dir: dir.clone(),
+        },
+        &wanted,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn bench(b: Bench) -> Result<()> {
+fn bench(b: Bench, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     let sink = start_sink()?;
     std::fs::write(
         b.policy.join("bench.yaml"),
@@ -131,81 +142,89 @@ fn bench(b: Bench) -> Result<()> {
     let mut rows = Vec::new();
 
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    eprintln!("bench: connect()+close() rate, 5 s, 4 threads");
-    let direct = field(
-        &b.direct(&args(&["connect", &t, "5", "4"]))?,
-        "connects_per_sec",
-    )?;
-    let enforced = field(
-        &b.enforced(&args(&["connect", &t, "5", "4"]))?,
-        "connects_per_sec",
-    )?;
-    rows.push(row(
-        "connect()+close() per second",
-        direct,
-        enforced,
-        format!("{:.2}x", enforced / direct),
-        "≥ 0.9x",
-        enforced / direct >= 0.9,
-    ));
+    if wanted("connect") {
+        eprintln!("bench: connect()+close() rate, 5 s, 4 threads");
+        let direct = field(
+            &b.direct(&args(&["connect", &t, "5", "4"]))?,
+            "connects_per_sec",
+        )?;
+        let enforced = field(
+            &b.enforced(&args(&["connect", &t, "5", "4"]))?,
+            "connects_per_sec",
+        )?;
+        rows.push(row(
+            "connect()+close() per second",
+            direct,
+            enforced,
+            format!("{:.2}x", enforced / direct),
+            "≥ 0.9x",
+            enforced / direct >= 0.9,
+        ));
+    }
 
-    eprintln!("bench: connection setup latency (connect + first byte), 2000 sequential");
-    let d = b.direct(&args(&["latency", &t, "2000"]))?;
-    let e = b.enforced(&args(&["latency", &t, "2000"]))?;
-    let (d50, e50) = (field(&d, "p50_us")?, field(&e, "p50_us")?);
-    let (d99, e99) = (field(&d, "p99_us")?, field(&e, "p99_us")?);
-    rows.push(row(
-        "setup latency p50 (µs)",
-        d50,
-        e50,
-        format!("+{:.0} µs", e50 - d50),
-        "≤ +100 µs",
-        e50 - d50 <= 100.0,
-    ));
-    rows.push(row(
-        "setup latency p99 (µs)",
-        d99,
-        e99,
-        format!("+{:.0} µs", e99 - d99),
-        "-",
-        true,
-    ));
+    if wanted("latency") {
+        eprintln!("bench: connection setup latency (connect + first byte), 2000 sequential");
+        let d = b.direct(&args(&["latency", &t, "2000"]))?;
+        let e = b.enforced(&args(&["latency", &t, "2000"]))?;
+        let (d50, e50) = (field(&d, "p50_us")?, field(&e, "p50_us")?);
+        let (d99, e99) = (field(&d, "p99_us")?, field(&e, "p99_us")?);
+        rows.push(row(
+            "setup latency p50 (µs)",
+            d50,
+            e50,
+            format!("+{:.0} µs", e50 - d50),
+            "≤ +100 µs",
+            e50 - d50 <= 100.0,
+        ));
+        rows.push(row(
+            "setup latency p99 (µs)",
+            d99,
+            e99,
+            format!("+{:.0} µs", e99 - d99),
+            "-",
+            true,
+        ));
+    }
 
-    eprintln!("bench: relay throughput, 1 GiB on one connection");
-    let gib = (1u64 << 30).to_string();
-    let direct = field(&b.direct(&args(&["throughput", &t, &gib]))?, "mib_per_sec")?;
-    let enforced = field(
-        &b.enforced(&args(&["throughput", &t, &gib]))?,
-        "mib_per_sec",
-    )?;
-    rows.push(row(
-        "relay throughput (MiB/s)",
-        direct,
-        enforced,
-        format!("{:.2}x", enforced / direct),
-        "≥ 0.8x",
-        enforced / direct >= 0.8,
-    ));
+    if wanted("throughput") {
+        eprintln!("bench: relay throughput, 1 GiB on one connection");
+        let gib = (1u64 << 30).to_string();
+        let direct = field(&b.direct(&args(&["throughput", &t, &gib]))?, "mib_per_sec")?;
+        let enforced = field(
+            &b.enforced(&args(&["throughput", &t, &gib]))?,
+            "mib_per_sec",
+        )?;
+        rows.push(row(
+            "relay throughput (MiB/s)",
+            direct,
+            enforced,
+            format!("{:.2}x", enforced / direct),
+            "≥ 0.8x",
+            enforced / direct >= 0.8,
+        ));
+    }
 
-    eprintln!("bench: daemon RSS idle and with 1,000 idle connections");
-    let (idle, loaded) = rss(&b, sink)?;
-    let per_conn = (loaded - idle) / 1000.0;
-    rows.push(row(
-        "daemon RSS idle (MiB)",
-        f64::NAN,
-        idle / 1024.0,
-        String::new(),
-        "≤ 32 MiB",
-        idle / 1024.0 <= 32.0,
-    ));
-    rows.push(row(
-        "RSS per idle connection (KiB)",
-        f64::NAN,
-        per_conn,
-        String::new(),
-        "≤ 64 KiB",
-        per_conn <= 64.0,
-    ));
+    if wanted("memory") {
+        eprintln!("bench: daemon RSS idle and with 1,000 idle connections");
+        let (idle, loaded) = rss(&b, sink)?;
+        let per_conn = (loaded - idle) / 1000.0;
+        rows.push(row(
+            "daemon RSS idle (MiB)",
+            f64::NAN,
+            idle / 1024.0,
+            String::new(),
+            "≤ 32 MiB",
+            idle / 1024.0 <= 32.0,
+        ));
+        rows.push(row(
+            "RSS per idle connection (KiB)",
+            f64::NAN,
+            per_conn,
+            String::new(),
+            "≤ 64 KiB",
+            per_conn <= 64.0,
+        ));
+    }
 
     println!("\n| measurement | without enforcer | with enforcer | change | target | met |");
     println!("|---|---:|---:|---:|---|---|");

@@ -45,7 +45,10 @@ enum Cmd {
     /// Run the redirect suite inside Debian's 6.1 kernel under qemu (software emulation).
     VmTest,
     /// Measure connect rate, proxy setup latency, relay throughput and memory; print a table.
-    Bench,
+    Bench {
+        /// Only these measurements (connect, latency, throughput, memory); default all.
+        only: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,7 +63,7 @@ fn main() -> Result<()> {
         } => test(no_lint, no_vm, &args),
         Cmd::Demo => demo::run(),
         Cmd::VmTest => vm::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench { only } => bench::run(&only),
     }
 }
 

@@ -28,8 +28,9 @@ impl Recorder {
         Self { tx }
     }
 
+    /// Queues the event; the writer thread logs it and appends it to the audit chain, so
+    /// neither JSON formatting nor file writes sit on a connection's path.
     pub async fn record(&self, event: Event) -> Result<(), RecorderClosed> {
-        event.log();
         self.tx.send(event).await.map_err(|_| RecorderClosed)
     }
 }
