@@ -120,6 +120,15 @@ impl AuditLog {
     }
 }
 
+/// `(seq, hash)` from the head file, if there is a readable one.
+fn read_head(path: &Path) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(head_path(path)).ok()?;
+    let mut parts = text.split_whitespace();
+    let seq = parts.next()?.parse().ok()?;
+    let hash = parts.next()?.to_owned();
+    Some((seq, hash))
+}
+
 fn head_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".head");
@@ -235,6 +244,12 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
     };
     let reader = BufReader::new(File::open(path).map_err(open_err)?);
     let (mut seq, mut prev) = (0u64, GENESIS.to_owned());
+    let head = read_head(path);
+    // The hash of the record the head file names, once the chain reaches it.
+    let mut at_head: Option<String> = head
+        .as_ref()
+        .filter(|(s, _)| *s == 0)
+        .map(|_| GENESIS.to_owned());
     for (index, line) in reader.lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(open_err)?;
@@ -267,24 +282,34 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
         }
         seq = record.seq;
         prev = record.hash;
+        if head.as_ref().is_some_and(|(s, _)| *s == seq) {
+            at_head = Some(prev.clone());
+        }
     }
-    let head = head_path(path);
-    if let Ok(text) = std::fs::read_to_string(&head) {
-        let mut parts = text.split_whitespace();
-        let head_seq = parts.next().and_then(|s| s.parse::<u64>().ok());
-        let head_hash = parts.next();
-        if head_seq != Some(seq) || head_hash != Some(prev.as_str()) {
-            return Ok(Verdict::Broken {
-                line: usize::try_from(seq).unwrap_or(usize::MAX),
-                problem: format!(
-                    "the chain ends at record {seq} but {} says it ends at {}: records were cut off the end",
-                    head.display(),
-                    head_seq.map_or_else(
-                        || "an unreadable place".to_owned(),
-                        |s| format!("record {s}")
-                    )
-                ),
-            });
+    // The head is rewritten after records are synced, so it may lag behind the file after a
+    // crash (more records than it names: fine) but never run ahead of it (records cut off).
+    if let Some((head_seq, head_hash)) = head {
+        let line = usize::try_from(seq).unwrap_or(usize::MAX);
+        match at_head {
+            None => {
+                return Ok(Verdict::Broken {
+                    line,
+                    problem: format!(
+                        "the chain ends at record {seq} but {} says it reached record {head_seq}: records were cut off the end",
+                        head_path(path).display()
+                    ),
+                });
+            }
+            Some(hash) if hash != head_hash => {
+                return Ok(Verdict::Broken {
+                    line: usize::try_from(head_seq).unwrap_or(usize::MAX),
+                    problem: format!(
+                        "record {head_seq} is not the one {} recorded: the chain was rewritten",
+                        head_path(path).display()
+                    ),
+                });
+            }
+            Some(_) => {}
         }
     }
     Ok(Verdict::Intact {
@@ -388,6 +413,25 @@ mod tests {
                 "swap {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_head_lagging_after_a_crash_is_fine_a_rewritten_one_is_not() {
+        let (_dir, path) = chain(3);
+        // Records appended after the last head update (enforcer killed before syncing).
+        let mut log = AuditLog::open(&path).expect("reopen");
+        log.append(&event(4)).expect("append");
+        drop(log);
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Intact { records: 4, .. }
+        ));
+        // A head naming a record whose hash differs: the chain was rebuilt.
+        std::fs::write(head_path(&path), format!("2 {GENESIS}\n")).expect("write head");
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Broken { line: 2, .. }
+        ));
     }
 
     #[test]
