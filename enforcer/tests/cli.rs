@@ -122,10 +122,7 @@ fn each_policy_error_class_gives_a_precise_message_and_exit_1() {
 fn audit_verify_detects_tampering_with_a_real_log() {
     let env = Env::new();
     let server = EchoServer::start("127.0.0.1");
-    let policy = env.policy(&format!(
-        "egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{}]\n",
-        server.port()
-    ));
+    let policy = env.echo_policy(server.port());
     let client = env.tool("echo_client");
     let out = env.run(&policy, &[&client, &server.addr.to_string(), "3", "1"], T);
     assert!(out.status.success(), "{}", describe(&out));

@@ -33,9 +33,7 @@ fn fail_closed_when_the_daemon_dies_resume_on_restart_detach_to_end() {
     let cgroup = TestCgroup::new("daemon");
     let server = EchoServer::start("127.0.0.1");
     let port = server.port().to_string();
-    let policy = env.policy(&format!(
-        "egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{port}]\n"
-    ));
+    let policy = env.echo_policy(server.port());
 
     let (mut daemon, ready) = start_daemon(&env, &policy, &cgroup.path, "127.0.0.1:0");
     assert_eq!(ready_field(&ready, "resumed"), "false", "{ready}");
@@ -117,9 +115,7 @@ fn metrics_are_valid_prometheus_and_count_kernel_denials() {
     let cgroup = TestCgroup::new("metrics");
     let server = EchoServer::start("127.0.0.1");
     let port = server.port().to_string();
-    let policy = env.policy(&format!(
-        "egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{port}]\n"
-    ));
+    let policy = env.echo_policy(server.port());
     let (_daemon, ready) = start_daemon(&env, &policy, &cgroup.path, "127.0.0.1:0");
     let admin = ready_field(&ready, "admin").to_owned();
 

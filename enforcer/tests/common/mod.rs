@@ -83,6 +83,13 @@ impl Env {
         dir
     }
 
+    /// A policy allowing only 127.0.0.1:`port` (egress rule `echo`).
+    pub fn echo_policy(&self, port: u16) -> PathBuf {
+        self.policy(&format!(
+            "egress:\n  - name: echo\n    to: [127.0.0.1/32]\n    ports: [{port}]\n"
+        ))
+    }
+
     /// `enforcer run` with this env's state and bpffs; waits at most `timeout`.
     pub fn run(&self, policy: &Path, command: &[&str], timeout: Duration) -> Output {
         let mut cmd = Command::new(ENFORCER);
