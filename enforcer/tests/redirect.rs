@@ -407,3 +407,42 @@ fn signals_are_passed_on_to_the_workload() {
         "enforcer exits with the workload's status"
     );
 }
+
+#[test]
+fn a_resource_is_routed_to_its_handler_and_relayed_to_its_upstream() {
+    let env = Env::new();
+    // The workload asks for 127.0.0.9:<port>; the resource sends it to the real server.
+    let real = EchoServer::start("127.0.0.1");
+    let asked = free_port();
+    let policy = env.policy(&format!(
+        "resources:\n  - name: internal-api\n    protocol: http\n    addresses: [\"127.0.0.9:{asked}\"]\n    upstream: \"{}\"\n",
+        real.addr
+    ));
+    let out = env.run(
+        &policy,
+        &[
+            "python3",
+            &env.tool("probe.py"),
+            "echo",
+            "127.0.0.9",
+            &asked.to_string(),
+            "5000",
+        ],
+        T,
+    );
+    let lines = probe_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert_eq!(lines[0]["intact"], true, "{}", describe(&out));
+    assert_eq!(
+        lines[0]["greeting"],
+        real.port().to_string(),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(real.accepted(), 1);
+    let decisions = env.decisions();
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0]["route"], "resource");
+    assert_eq!(decisions[0]["rule"], "internal-api");
+    assert_eq!(decisions[0]["orig_dst"], format!("127.0.0.9:{asked}"));
+}
