@@ -8,6 +8,7 @@
 //! [`workload`] starts and supervises an enforced command.
 
 pub mod admin;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

@@ -13,6 +13,33 @@ pub struct PolicyFile {
     pub egress: Vec<EgressSpec>,
     #[serde(default)]
     pub dns: Option<DnsSpec>,
+    #[serde(default)]
+    pub identity_providers: Vec<IdentityProviderSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderSpec {
+    pub name: Spanned<String>,
+    /// Exact `iss` of the tokens; also where discovery starts.
+    pub issuer: Spanned<String>,
+    /// Required `aud`.
+    pub audience: Spanned<String>,
+    /// A JWKS file (air-gapped hosts) instead of the issuer's discovery document.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// A JWKS URL instead of the issuer's discovery document.
+    #[serde(default)]
+    pub jwks_url: Option<Spanned<String>>,
+    /// Signature algorithms accepted; default RS256, ES256, EdDSA.
+    #[serde(default)]
+    pub algorithms: Vec<Spanned<String>>,
+    /// Clock skew allowed on exp/nbf, seconds; default 60, at most 300.
+    #[serde(default)]
+    pub leeway: Option<Spanned<u64>>,
+    /// Claims that become attributes of the workload principal.
+    #[serde(default)]
+    pub claims: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

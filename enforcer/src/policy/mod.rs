@@ -142,6 +142,27 @@ impl EgressRule {
     }
 }
 
+/// Where an identity provider's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery(String),
+}
+
+/// An OIDC issuer whose tokens identify workloads (a CI system).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProvider {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksSource,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway_secs: u64,
+    pub claims: Vec<String>,
+}
+
 /// A validated policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -149,6 +170,7 @@ pub struct Policy {
     pub egress: Vec<EgressRule>,
     /// Resolver UDP/53 is sent to; `None` denies DNS.
     pub dns_resolver: Option<SocketAddr>,
+    pub identity_providers: Vec<IdentityProvider>,
 }
 
 /// IPv4 addresses in v4-mapped IPv6 form compare as IPv4.
@@ -252,6 +274,86 @@ impl Validator {
         }
         if let Some(dns) = parsed.dns {
             self.dns(dns);
+        }
+        for provider in parsed.identity_providers {
+            self.identity_provider(provider);
+        }
+    }
+
+    fn identity_provider(&mut self, spec: file::IdentityProviderSpec) {
+        use jsonwebtoken::Algorithm;
+        let name_ok = self.unique_name(&spec.name, "identity provider");
+        let issuer = spec.issuer.value.trim().trim_end_matches('/').to_owned();
+        if let Err(message) = check_url(&issuer, "issuer") {
+            self.error(spec.issuer.referenced, message);
+        }
+        if self
+            .policy
+            .identity_providers
+            .iter()
+            .any(|p| p.issuer == issuer)
+        {
+            self.error(
+                spec.issuer.referenced,
+                format!("issuer {issuer:?} is already an identity provider"),
+            );
+        }
+        if spec.audience.value.trim().is_empty() {
+            self.error(spec.audience.referenced, "audience must not be empty");
+        }
+        let jwks = match (&spec.jwks_file, &spec.jwks_url) {
+            (Some(_), Some(url)) => {
+                self.error(url.referenced, "give `jwks_file` or `jwks_url`, not both");
+                JwksSource::Discovery(issuer.clone())
+            }
+            (Some(file), None) => JwksSource::File(PathBuf::from(file.value.trim())),
+            (None, Some(url)) => {
+                if let Err(message) = check_url(url.value.trim(), "jwks_url") {
+                    self.error(url.referenced, message);
+                }
+                JwksSource::Url(url.value.trim().to_owned())
+            }
+            (None, None) => JwksSource::Discovery(issuer.clone()),
+        };
+        let mut algorithms = Vec::new();
+        for alg in &spec.algorithms {
+            let text = alg.value.trim();
+            match text.parse::<Algorithm>() {
+                Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => self.error(
+                    alg.referenced,
+                    format!("{text} is refused: HMAC would let a public key verify as a shared secret"),
+                ),
+                Ok(a) => algorithms.push(a),
+                Err(_) => self.error(
+                    alg.referenced,
+                    format!("unknown algorithm {text:?}; expected RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
+                ),
+            }
+        }
+        if spec.algorithms.is_empty() {
+            algorithms = vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+        }
+        let leeway_secs = match &spec.leeway {
+            Some(l) if l.value > 300 => {
+                self.error(
+                    l.referenced,
+                    format!("leeway {}s is more than the 300s allowed", l.value),
+                );
+                300
+            }
+            Some(l) => l.value,
+            None => 60,
+        };
+        if name_ok {
+            self.policy.identity_providers.push(IdentityProvider {
+                name: spec.name.value.trim().to_owned(),
+                issuer,
+                audience: spec.audience.value.trim().to_owned(),
+                jwks,
+                algorithms,
+                leeway_secs,
+                claims: spec.claims,
+            });
         }
     }
 
@@ -479,6 +581,31 @@ impl Validator {
             Err(PolicyError::Invalid(self.diagnostics))
         }
     }
+}
+
+/// https, or http to a loopback host (local test issuers).
+fn check_url(url: &str, what: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = url.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', ':']).next().unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !rest.starts_with("[::1]") {
+            return Err(format!(
+                "{what} {url:?} must use https (http only to a loopback host)"
+            ));
+        }
+        rest
+    } else {
+        return Err(format!("{what} {url:?} is not an https:// URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{what} {url:?} has no host"));
+    }
+    Ok(())
 }
 
 fn parse_ports(spec: &file::PortSpec) -> Result<(u16, u16), String> {

@@ -150,3 +150,45 @@ proptest::proptest! {
         let _ = load(&text);
     }
 }
+
+#[test]
+fn identity_providers_load_with_defaults_and_refuse_weak_settings() {
+    let policy = load(
+        "identity_providers:\n  - name: ci\n    issuer: https://ci.example.test/\n    audience: enforcer\n    claims: [repository]\n",
+    )
+    .expect("valid");
+    let p = &policy.identity_providers[0];
+    assert_eq!(p.issuer, "https://ci.example.test");
+    assert_eq!(
+        p.jwks,
+        JwksSource::Discovery("https://ci.example.test".into())
+    );
+    assert_eq!(p.leeway_secs, 60);
+    assert_eq!(p.algorithms.len(), 3);
+
+    let errs = errors(
+        "identity_providers:
+  - name: ci
+    issuer: http://ci.example.test
+    audience: \"\"
+    algorithms: [HS256, none, ES256]
+    leeway: 3600
+    jwks_file: /a
+    jwks_url: https://ci.example.test/jwks
+",
+    );
+    let expect = [
+        "p.yaml:3:13: issuer \"http://ci.example.test\" must use https",
+        "p.yaml:4:15: audience must not be empty",
+        "p.yaml:8:15: give `jwks_file` or `jwks_url`, not both",
+        "p.yaml:5:18: HS256 is refused",
+        "p.yaml:5:25: unknown algorithm \"none\"",
+        "p.yaml:6:13: leeway 3600s is more than the 300s allowed",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for (got, want) in errs.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
+    }
+    // Loopback issuers may use http (local test providers).
+    assert!(load("identity_providers:\n  - {name: local, issuer: \"http://127.0.0.1:8080\", audience: a}\n").is_ok());
+}
