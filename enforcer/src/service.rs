@@ -53,6 +53,8 @@ pub enum AttachMode {
 
 pub struct ServiceConfig {
     pub workload: String,
+    /// The verified identity token of the workload, if it presented one.
+    pub identity: Option<crate::identity::WorkloadIdentity>,
     pub policy: Policy,
     pub state_dir: PathBuf,
     pub cgroup: PathBuf,
@@ -122,6 +124,7 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let proxy = Arc::new(Proxy::new(
             cfg.workload,
+            cfg.identity,
             Arc::new(cfg.policy),
             Arc::clone(&redirect),
             Recorder::new(tx),

@@ -37,8 +37,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     super::logging::init(Some(&service::enforcement_log_path(state)))?;
     let cgroup = std::fs::canonicalize(&args.cgroup)
         .with_context(|| format!("cgroup {} does not exist", args.cgroup.display()))?;
+    let runtime = super::runtime()?;
+    let identity = runtime.block_on(super::verify_identity(
+        &policy,
+        args.enforce.identity_token.as_deref(),
+    ))?;
     let config = ServiceConfig {
         workload: cgroup.display().to_string(),
+        identity,
         policy,
         state_dir: state.clone(),
         cgroup: cgroup.clone(),
@@ -47,7 +53,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         proxy_port: args.enforce.proxy_port,
         mode: AttachMode::ResumeOrFresh,
     };
-    let runtime = super::runtime()?;
     let stopped = runtime.block_on(async {
         let service = Service::start(config).await?;
         println!(

@@ -59,6 +59,35 @@ struct EnforceArgs {
     /// Proxy port on 127.0.0.1 and ::1; 0 picks a free one.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     proxy_port: u16,
+    /// OIDC ID token of the job (as the CI issues it), verified against the policy's
+    /// identity_providers; its claims become the workload principal's attributes. Without it
+    /// the principal is `local`.
+    #[arg(long, value_name = "FILE")]
+    identity_token: Option<PathBuf>,
+}
+
+/// Verifies the workload's identity token, if one was given, against the policy's providers.
+async fn verify_identity(
+    policy: &enforcer::policy::Policy,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<enforcer::identity::WorkloadIdentity>> {
+    use anyhow::Context;
+    let Some(path) = token_file else {
+        return Ok(None);
+    };
+    if policy.identity_providers.is_empty() {
+        anyhow::bail!(
+            "--identity-token was given but the policy names no identity_providers to verify it against"
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read identity token {}", path.display()))?;
+    let verifier = enforcer::identity::Verifier::new(&policy.identity_providers)?;
+    let identity = verifier
+        .verify(&token)
+        .await
+        .map_err(|e| anyhow::anyhow!("identity token {} refused: {e}", path.display()))?;
+    Ok(Some(identity))
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

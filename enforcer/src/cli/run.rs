@@ -65,6 +65,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
     super::logging::init(Some(&service::enforcement_log_path(state)))?;
+    let runtime = super::runtime()?;
+    // Before anything is created: a refused token leaves no trace on the host.
+    let identity = runtime.block_on(super::verify_identity(
+        &policy,
+        args.enforce.identity_token.as_deref(),
+    ))?;
 
     let root = redirect::cgroup::find_cgroup2_root()
         .context("no cgroup v2 hierarchy found at /sys/fs/cgroup or /sys/fs/cgroup/unified")?;
@@ -83,6 +89,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let config = ServiceConfig {
         workload: name,
+        identity,
         policy,
         state_dir: state.clone(),
         cgroup: teardown.cgroup.path().to_owned(),
@@ -94,7 +101,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let procs = teardown.cgroup.procs_file()?;
     let (program, rest) = args.command.split_first().context("no command given")?;
 
-    let runtime = super::runtime()?;
     let outcome = runtime.block_on(async {
         let service = Service::start(config).await?;
         tracing::info!(

@@ -30,6 +30,16 @@ pub struct WorkloadIdentity {
     pub attributes: BTreeMap<String, String>,
 }
 
+impl WorkloadIdentity {
+    /// `<provider>:<subject>`, as decisions and logs name the principal.
+    pub fn principal(&self) -> String {
+        format!("{}:{}", self.provider, self.subject)
+    }
+}
+
+/// The principal of a workload that presented no identity token.
+pub const LOCAL_PRINCIPAL: &str = "local";
+
 /// Why a token was refused. Each message says what was wrong, never the token itself.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {

@@ -23,6 +23,7 @@ use enforcer_common::ORIG_AMBIGUOUS;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::{
+    identity::{LOCAL_PRINCIPAL, WorkloadIdentity},
     metrics::{ConnectionLabels, DirectionLabels, Metrics},
     policy::{Policy, Route, RouteTarget},
     protocol,
@@ -42,6 +43,8 @@ pub enum ProxyError {
 /// Everything a connection task needs.
 pub struct Proxy {
     pub workload: String,
+    pub identity: Option<WorkloadIdentity>,
+    principal: String,
     pub policy: Arc<Policy>,
     pub redirect: Arc<Mutex<Redirect>>,
     pub recorder: Recorder,
@@ -111,8 +114,10 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 }
 
 impl Proxy {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         workload: String,
+        identity: Option<WorkloadIdentity>,
         policy: Arc<Policy>,
         redirect: Arc<Mutex<Redirect>>,
         recorder: Recorder,
@@ -124,8 +129,13 @@ impl Proxy {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
+        let principal = identity
+            .as_ref()
+            .map_or_else(|| LOCAL_PRINCIPAL.to_owned(), WorkloadIdentity::principal);
         Proxy {
             workload,
+            identity,
+            principal,
             policy,
             redirect,
             recorder,
@@ -195,6 +205,8 @@ impl Proxy {
             let event = ConnectionDecided {
                 connection: id,
                 workload: self.workload.clone(),
+                principal: self.principal.clone(),
+                attributes: self.attributes(),
                 process: None,
                 peer,
                 orig_dst: None,
@@ -227,6 +239,8 @@ impl Proxy {
         let decided = ConnectionDecided {
             connection: id,
             workload: self.workload.clone(),
+            principal: self.principal.clone(),
+            attributes: self.attributes(),
             process: Some(conn.process.clone()),
             peer,
             orig_dst: Some(conn.orig_dst),
@@ -293,6 +307,13 @@ impl Proxy {
             error,
         };
         let _ = self.recorder.record(Event::ConnectionClosed(closed)).await;
+    }
+
+    fn attributes(&self) -> std::collections::BTreeMap<String, String> {
+        self.identity
+            .as_ref()
+            .map(|i| i.attributes.clone())
+            .unwrap_or_default()
     }
 
     fn count(&self, route: &str, decision: &str, rule: &str) {

@@ -1,6 +1,6 @@
 //! What is recorded.
 
-use std::net::SocketAddr;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,12 @@ pub struct Process {
 pub struct ConnectionDecided {
     pub connection: u64,
     pub workload: String,
+    /// Who the workload is: `local` for a run without identity token, else
+    /// `<identity provider>:<subject>` of its verified OIDC token.
+    pub principal: String,
+    /// The token claims the policy maps to attributes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
     pub process: Option<Process>,
     pub peer: SocketAddr,
     pub orig_dst: Option<SocketAddr>,
@@ -66,6 +72,7 @@ impl Event {
                         event = "connection_decided",
                         connection = e.connection,
                         workload = %e.workload,
+                        principal = %e.principal,
                         pid, tid, uid, gid, comm,
                         peer = %e.peer,
                         orig_dst = %orig,
@@ -81,6 +88,7 @@ impl Event {
                         event = "connection_decided",
                         connection = e.connection,
                         workload = %e.workload,
+                        principal = %e.principal,
                         pid, tid, uid, gid, comm,
                         peer = %e.peer,
                         orig_dst = %orig,
