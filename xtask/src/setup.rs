@@ -34,7 +34,21 @@ pub fn run() -> Result<()> {
     apt()?;
     nightly()?;
     bpf_linker()?;
-    Ok(())
+    oidc_provider()
+}
+
+/// The real OIDC provider the identity tests start (npm `oidc-provider`, pinned by the
+/// lockfile in tests/oidc), installed with the machine's Node.js.
+fn oidc_provider() -> Result<()> {
+    let dir = crate::root().join("tests/oidc");
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(());
+    }
+    exec(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
 }
 
 pub fn nix_is_root() -> bool {

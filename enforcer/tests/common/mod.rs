@@ -92,6 +92,17 @@ impl Env {
 
     /// `enforcer run` with this env's state and bpffs; waits at most `timeout`.
     pub fn run(&self, policy: &Path, command: &[&str], timeout: Duration) -> Output {
+        self.run_with(policy, &[], command, timeout)
+    }
+
+    /// `enforcer run` with extra options before the command.
+    pub fn run_with(
+        &self,
+        policy: &Path,
+        options: &[&str],
+        command: &[&str],
+        timeout: Duration,
+    ) -> Output {
         let mut cmd = Command::new(ENFORCER);
         cmd.arg("run")
             .arg("--policy")
@@ -100,7 +111,9 @@ impl Env {
             .arg(&self.state)
             .arg("--bpffs")
             .arg(&self.bpffs)
-            .args(["--admin", "127.0.0.1:0", "--"])
+            .args(["--admin", "127.0.0.1:0"])
+            .args(options)
+            .arg("--")
             .args(command);
         output_within(cmd, timeout)
     }
