@@ -8,6 +8,7 @@
 //! [`workload`] starts and supervises an enforced command.
 
 pub mod admin;
+pub mod grant;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -17,10 +17,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Check { dir } => match Policy::load_dir(&dir) {
             Ok(policy) => {
                 println!(
-                    "{}: ok ({} resources, {} egress rules, DNS {})",
+                    "{}: ok ({} resources, {} egress rules, {} identity providers, DNS {})",
                     dir.display(),
                     policy.resources.len(),
                     policy.egress.len(),
+                    policy.identity_providers.len(),
                     policy
                         .dns_resolver
                         .map_or_else(|| "denied".to_owned(), |r| format!("via {r}"))
