@@ -391,7 +391,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
     // SAFETY: copied out at once, see `recorded`.
-    let Some(orig) = (unsafe { SOCK_ORIG.get(cookie).copied() }) else {
+    let Some(mut orig) = (unsafe { SOCK_ORIG.get(cookie).copied() }) else {
         count(Counter::RekeyMiss);
         return 1;
     };
@@ -399,6 +399,19 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         addr,
         port: local_port,
     };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    orig.connect_ns = now;
+    // A fresh record still under this key belongs to a connection the proxy has not accepted
+    // yet (the client reset it and re-used the port at once). Which accepted socket is which
+    // can then no longer be told apart: mark it so the proxy refuses rather than mix them up.
+    // SAFETY: copied out at once, see `recorded`.
+    if let Some(previous) = unsafe { PEER_ORIG.get(key).copied() }
+        && now.wrapping_sub(previous.connect_ns) < STALE_RECORD_NS
+    {
+        orig.flags |= ORIG_AMBIGUOUS;
+        count(Counter::Ambiguous);
+    }
     if PEER_ORIG.insert(key, orig, 0).is_ok() {
         count(Counter::Rekeyed);
     } else {
