@@ -14,6 +14,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -49,7 +51,6 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (creating if needed, mode 0600) and continues the chain where it ends.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let open_err = |source| AuditError::Open {
             path: path.to_owned(),
             source,
@@ -65,18 +66,26 @@ impl AuditLog {
                 }
             }
         }
+        // O_NOFOLLOW: a symlink planted in the state directory must not make root append to
+        // some other file.
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(open_err)?;
-        Ok(AuditLog {
+        let mut log = AuditLog {
             path: path.to_owned(),
             file,
             seq,
             prev,
-        })
+        };
+        // A head exists from the start, so that a missing head always means tampering.
+        if !head_path(path).exists() {
+            log.sync()?;
+        }
+        Ok(log)
     }
 
     pub fn append(&mut self, event: &Event) -> Result<(), AuditError> {
@@ -110,7 +119,16 @@ impl AuditLog {
         self.file.sync_data().map_err(write_err)?;
         let head = head_path(&self.path);
         let tmp = head.with_extension("head.tmp");
-        std::fs::write(&tmp, format!("{} {}\n", self.seq, self.prev)).map_err(write_err)?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut head_file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        head_file
+            .write_all(format!("{} {}\n", self.seq, self.prev).as_bytes())
+            .map_err(write_err)?;
         std::fs::rename(&tmp, &head).map_err(write_err)?;
         Ok(())
     }
@@ -286,9 +304,19 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
             at_head = Some(prev.clone());
         }
     }
-    // The head is rewritten after records are synced, so it may lag behind the file after a
-    // crash (more records than it names: fine) but never run ahead of it (records cut off).
-    if let Some((head_seq, head_hash)) = head {
+    // The head is written when the log is created and rewritten after records are synced, so
+    // it may lag behind the file after a crash (more records than it names: fine) but never
+    // be missing or run ahead of it (records cut off).
+    let Some((head_seq, head_hash)) = head else {
+        return Ok(Verdict::Broken {
+            line: usize::try_from(seq).unwrap_or(usize::MAX),
+            problem: format!(
+                "{} is missing or unreadable: the end of the chain cannot be checked (deleted with cut-off records?)",
+                head_path(path).display()
+            ),
+        });
+    };
+    {
         let line = usize::try_from(seq).unwrap_or(usize::MAX);
         match at_head {
             None => {
@@ -431,6 +459,16 @@ mod tests {
         assert!(matches!(
             verify(&path).expect("verify"),
             Verdict::Broken { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_head_is_tampering() {
+        let (_dir, path) = chain(3);
+        std::fs::remove_file(head_path(&path)).expect("rm head");
+        assert!(matches!(
+            verify(&path).expect("verify"),
+            Verdict::Broken { .. }
         ));
     }
 
