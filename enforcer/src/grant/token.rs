@@ -77,13 +77,32 @@ impl GrantSigner {
             path: path.clone(),
             reason,
         };
-        let pkcs8 = match std::fs::metadata(&path) {
-            Ok(meta) => {
+        // O_NOFOLLOW and checks on the opened file itself: a symlink or a key planted by
+        // someone else in the state directory must not become the key grants are signed with.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let pkcs8 = match opened {
+            Ok(mut file) => {
+                use std::{io::Read, os::unix::fs::MetadataExt};
+                let meta = file.metadata().map_err(|e| key_err(e.to_string()))?;
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(GrantError::KeyExposed { path, mode });
                 }
-                std::fs::read(&path).map_err(|e| key_err(e.to_string()))?
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                if meta.uid() != me {
+                    return Err(key_err(format!(
+                        "owned by uid {}, not by enforcer (uid {me})",
+                        meta.uid()
+                    )));
+                }
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| key_err(e.to_string()))?;
+                bytes
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let document = EcdsaKeyPair::generate_pkcs8(
@@ -235,6 +254,19 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_symlinked_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        GrantSigner::load_or_create(elsewhere.path()).expect("key");
+        std::os::unix::fs::symlink(elsewhere.path().join(KEY_FILE), dir.path().join(KEY_FILE))
+            .expect("symlink");
+        assert!(matches!(
+            GrantSigner::load_or_create(dir.path()),
+            Err(GrantError::Key { .. })
+        ));
     }
 
     #[test]
