@@ -32,6 +32,7 @@ pub const PROGRAMS: &[&str] = &[
     "recvmsg6",
     "sock_create",
     "sock_release",
+    "egress",
 ];
 
 /// Capacity of the per-socket maps. LRU, so a daemon that is gone cannot make them fill up and
@@ -124,9 +125,12 @@ pub enum Counter {
     PeerRestored = 8,
     /// Two un-accepted connections shared a client address; both will be refused.
     Ambiguous = 9,
+    /// A packet of the workload headed somewhere other than loopback or the resolver, or
+    /// carrying IP options / IPv6 extension headers (source routing), was dropped.
+    EgressDropped = 10,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -140,6 +144,7 @@ impl Counter {
         Counter::MapFull,
         Counter::PeerRestored,
         Counter::Ambiguous,
+        Counter::EgressDropped,
     ];
 
     /// Label used in metrics.
@@ -155,6 +160,7 @@ impl Counter {
             Counter::MapFull => "map_full",
             Counter::PeerRestored => "peer_restored",
             Counter::Ambiguous => "ambiguous",
+            Counter::EgressDropped => "egress_dropped",
         }
     }
 }

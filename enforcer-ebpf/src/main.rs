@@ -17,11 +17,13 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes,
+        },
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use core::{ffi::c_void, ptr};
 use enforcer_common::{
@@ -454,6 +456,84 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
     let _ = SOCK_ORIG.remove(cookie);
     ALLOW
+}
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const NEXTHDR_TCP: u8 = 6;
+const NEXTHDR_UDP: u8 = 17;
+const NEXTHDR_ICMPV6: u8 = 58;
+
+/// Last line of defence, below the socket hooks: every packet the workload sends must be
+/// headed for loopback (the proxy) or the policy's resolver, with no IPv4 options and no IPv6
+/// extension headers. Source routing (IP_OPTIONS LSRR/SSRR, IPV6_RTHDR) would otherwise send
+/// a packet whose socket address was rewritten to some other first hop.
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    if egress_allowed(&ctx) {
+        ALLOW
+    } else {
+        count(Counter::EgressDropped);
+        DENY
+    }
+}
+
+/// The first N bytes of the packet (its IP header). A constant length, which the verifier
+/// needs; aya's `load_bytes` clamps it to the packet and can reach zero.
+#[inline(always)]
+fn load<const N: usize>(ctx: &SkBuffContext, into: &mut [u8; N]) -> bool {
+    // SAFETY: `into` is N writable bytes on our stack; the helper checks the packet bounds.
+    unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            0,
+            into.as_mut_ptr() as *mut c_void,
+            N as u32,
+        ) == 0
+    }
+}
+
+#[inline(always)]
+fn egress_allowed(ctx: &SkBuffContext) -> bool {
+    let Some(cfg) = config() else { return false };
+    let dns_on = cfg.flags & CONFIG_DNS_ENABLED != 0;
+    let protocol = u32::from(u16::from_be(ctx.skb.protocol() as u16));
+    if protocol == ETH_P_IP {
+        let mut header = [0u8; 20];
+        if !load(ctx, &mut header) {
+            return false;
+        }
+        if header[0] & 0x0f != 5 {
+            return false;
+        }
+        let daddr = u32::from_ne_bytes([header[16], header[17], header[18], header[19]]);
+        if header[16] == 127 {
+            return true;
+        }
+        return dns_on && is_v4_mapped(&cfg.dns_addr) && daddr == cfg.dns_addr[3];
+    }
+    if protocol == ETH_P_IPV6 {
+        let mut header = [0u8; 40];
+        if !load(ctx, &mut header) {
+            return false;
+        }
+        let next = header[6];
+        if next != NEXTHDR_TCP && next != NEXTHDR_UDP && next != NEXTHDR_ICMPV6 {
+            return false;
+        }
+        let mut daddr = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            let o = 24 + 4 * i;
+            daddr[i] = u32::from_ne_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+            i += 1;
+        }
+        if daddr == LOOPBACK6 {
+            return true;
+        }
+        return dns_on && daddr == cfg.dns_addr;
+    }
+    false
 }
 
 #[cfg(not(test))]

@@ -226,6 +226,28 @@ fn dns_goes_to_the_policy_resolver_or_nowhere() {
         "reply address not restored"
     );
 
+    // The same query from a socket carrying IP options never reaches the resolver: the
+    // egress program drops packets with options (source routing would use them to steer a
+    // packet past the rewritten address).
+    let out = env.run(
+        &policy,
+        &[
+            "python3",
+            &probe,
+            "dns-ipopts",
+            "127.0.0.99",
+            "agent.example.test",
+        ],
+        T,
+    );
+    let lines = probe_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(
+        ["PermissionError", "TimeoutError"].contains(&lines[0]["outcome"].as_str().unwrap_or("")),
+        "a packet with IP options got through: {}",
+        describe(&out)
+    );
+
     // Without a resolver in the policy, DNS is denied outright.
     let policy = env.policy("egress: []\n");
     let out = env.run(

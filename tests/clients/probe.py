@@ -14,6 +14,8 @@ when it could run its probe (the test decides whether the outcome is the expecte
   raw                      try raw and ICMP sockets
   tfo HOST PORT            TCP Fast Open: sendto(MSG_FASTOPEN) without connect()
   dns RESOLVER NAME        send a DNS query for NAME to RESOLVER:53 by hand, print the answer
+  dns-ipopts RESOLVER NAME the same with an IPv4 record-route option set on the socket (options
+                           are how source routing would steer a packet past the redirect)
 """
 import json
 import os
@@ -178,13 +180,15 @@ def tfo(host, port):
         out(probe="tfo", outcome="connected", greeting=greeting, intact=received == payload)
 
 
-def dns(resolver, name):
+def dns(resolver, name, ip_options=None):
     query = os.urandom(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
     for label in name.split("."):
         query += bytes([len(label)]) + label.encode()
     query += b"\x00\x00\x01\x00\x01"
     with socket.socket(family(resolver), socket.SOCK_DGRAM) as s:
         s.settimeout(5)
+        if ip_options is not None:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ip_options)
         try:
             s.sendto(query, (resolver, 53))
             reply, source = s.recvfrom(512)
@@ -213,6 +217,10 @@ def main(argv):
         tfo(args[0], int(args[1]))
     elif cmd == "dns":
         dns(args[0], args[1])
+    elif cmd == "dns-ipopts":
+        # record route (type 7, length 7, pointer 4, one empty slot) + NOP: harmless on its
+        # own, but any IP option must make the packet undeliverable from the workload.
+        dns(args[0], args[1], b"\x07\x07\x04\x00\x00\x00\x00\x01")
     else:
         sys.exit(f"unknown probe {cmd}")
 

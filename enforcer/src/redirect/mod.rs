@@ -19,7 +19,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        links::FdLink,
+    },
 };
 use enforcer_common::{CONFIG_DNS_ENABLED, Config, Counter, OrigDst, PROGRAMS, PeerKey, map_name};
 
@@ -324,6 +327,15 @@ fn attach_one(
     } else if let Ok(p) = <&mut SockOps>::try_from(&mut *program) {
         p.load().map_err(prog_err)?;
         let id = p.attach(cgroup, mode).map_err(prog_err)?;
+        p.take_link(id)
+            .map_err(prog_err)?
+            .try_into()
+            .map_err(|source| RedirectError::Link { name, source })?
+    } else if let Ok(p) = <&mut CgroupSkb>::try_from(&mut *program) {
+        p.load().map_err(prog_err)?;
+        let id = p
+            .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+            .map_err(prog_err)?;
         p.take_link(id)
             .map_err(prog_err)?
             .try_into()
