@@ -78,20 +78,17 @@ fn a_token_from_a_real_oidc_provider_identifies_the_workload() {
     std::fs::write(&token_file, issue_token(&issuer)).expect("write token");
     let token_arg = token_file.display().to_string();
 
-    let out = env.run_with(
-        &policy,
-        &["--identity-token", &token_arg],
-        &[
-            "python3",
-            &env.tool("probe.py"),
-            "echo",
-            "127.0.0.1",
-            &server.port().to_string(),
-            "100",
-        ],
-        T,
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    let (probe, port) = (env.tool("probe.py"), server.port().to_string());
+    let echo = |options: &[&str]| {
+        let out = env.run_with(
+            &policy,
+            options,
+            &["python3", &probe, "echo", "127.0.0.1", &port, "100"],
+            T,
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    echo(&["--identity-token", &token_arg]);
     let decisions = env.decisions();
     assert_eq!(decisions.len(), 1, "{decisions:#?}");
     let d = &decisions[0];
@@ -103,19 +100,7 @@ fn a_token_from_a_real_oidc_provider_identifies_the_workload() {
     );
 
     // Without a token the principal is the local run.
-    let out = env.run(
-        &policy,
-        &[
-            "python3",
-            &env.tool("probe.py"),
-            "echo",
-            "127.0.0.1",
-            &server.port().to_string(),
-            "100",
-        ],
-        T,
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    echo(&[]);
     let decisions = env.decisions();
     assert_eq!(decisions[1]["principal"], "local", "{decisions:#?}");
     assert!(decisions[1].get("attributes").is_none());
