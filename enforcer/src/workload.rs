@@ -101,6 +101,12 @@ impl Spawn<'_> {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // A session of its own: enforcer's terminal is no longer the workload's
+                // controlling terminal, so it cannot push keystrokes into the operator's shell
+                // (TIOCSTI) or act on its job control. Reading stdin still works.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }

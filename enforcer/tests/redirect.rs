@@ -328,12 +328,23 @@ fn workload_exit_status_and_cleanup() {
         &[
             "sh",
             "-c",
-            "id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status",
+            "id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; \
+             echo session=$(cut -d' ' -f6 /proc/$$/stat) pid=$$",
         ],
         T,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("65534\n"), "{text}");
+    // Its own session: enforcer's terminal is not its controlling terminal.
+    let session_line = text
+        .lines()
+        .find(|l| l.starts_with("session="))
+        .unwrap_or_default();
+    let (session, pid) = session_line
+        .trim_start_matches("session=")
+        .split_once(" pid=")
+        .unwrap_or_default();
+    assert_eq!(session, pid, "{text}");
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
     assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
     // Nothing left behind: no pins, no cgroup.

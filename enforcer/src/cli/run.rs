@@ -151,15 +151,18 @@ async fn supervise(
         streams.push((signal(kind)?, sig));
     }
     let mut child = start()?;
+    let mut forwarders = tokio::task::JoinSet::new();
     if let Some(pid) = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32)) {
         for (mut stream, sig) in streams {
-            // Ends with the runtime, after the child is gone.
-            tokio::spawn(async move {
+            forwarders.spawn(async move {
                 while stream.recv().await.is_some() {
                     let _ = nix::sys::signal::kill(pid, sig);
                 }
             });
         }
     }
-    Ok(exit_code(child.wait().await?))
+    let status = child.wait().await;
+    // The pid is free for reuse from here on: no signal may go to it any more.
+    forwarders.abort_all();
+    Ok(exit_code(status?))
 }
