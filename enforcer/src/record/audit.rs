@@ -36,6 +36,10 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another enforcer is writing the audit log {path}; give this one its own --state directory"
+    )]
+    Busy { path: PathBuf },
     #[error("cannot encode audit event: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -55,17 +59,6 @@ impl AuditLog {
             path: path.to_owned(),
             source,
         };
-        let (mut seq, mut prev) = (0, GENESIS.to_owned());
-        if path.exists() {
-            let reader = BufReader::new(File::open(path).map_err(open_err)?);
-            for line in reader.lines() {
-                let line = line.map_err(open_err)?;
-                if let Some(record) = Record::parse(&line) {
-                    seq = record.seq;
-                    prev = record.hash;
-                }
-            }
-        }
         // O_NOFOLLOW: a symlink planted in the state directory must not make root append to
         // some other file.
         let file = OpenOptions::new()
@@ -75,6 +68,22 @@ impl AuditLog {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(open_err)?;
+        // One writer per chain: a second enforcer appending to the same file would fork it.
+        // The lock lives as long as the file handle.
+        // SAFETY: a valid, open fd.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            return Err(AuditError::Busy {
+                path: path.to_owned(),
+            });
+        }
+        // Read where the chain ends only now that nobody else can extend it.
+        let (seq, prev) = last_link(path).map_err(open_err)?;
         let mut log = AuditLog {
             path: path.to_owned(),
             file,
@@ -136,6 +145,18 @@ impl AuditLog {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+}
+
+/// `(seq, hash)` of the last readable record, or the genesis link for an empty log.
+fn last_link(path: &Path) -> std::io::Result<(u64, String)> {
+    let (mut seq, mut prev) = (0, GENESIS.to_owned());
+    for line in BufReader::new(File::open(path)?).lines() {
+        if let Some(record) = Record::parse(&line?) {
+            seq = record.seq;
+            prev = record.hash;
+        }
+    }
+    Ok((seq, prev))
 }
 
 /// `(seq, hash)` from the head file, if there is a readable one.
@@ -460,6 +481,23 @@ mod tests {
             verify(&path).expect("verify"),
             Verdict::Broken { line: 2, .. }
         ));
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let (_dir, path) = chain(1);
+        let first = AuditLog::open(&path).expect("first writer");
+        assert!(matches!(
+            AuditLog::open(&path),
+            Err(AuditError::Busy { .. })
+        ));
+        drop(first);
+        assert_eq!(
+            AuditLog::open(&path)
+                .expect("after the first is gone")
+                .seq(),
+            1
+        );
     }
 
     #[test]
