@@ -56,6 +56,14 @@ impl Bench {
         output(Command::new(&self.client).args(args))
     }
 
+    /// `key` from the same client run without and with enforcer.
+    fn both(&self, args: &[String], key: &str) -> Result<(f64, f64)> {
+        Ok((
+            field(&self.direct(args)?, key)?,
+            field(&self.enforced(args)?, key)?,
+        ))
+    }
+
     fn enforced(&self, args: &[String]) -> Result<String> {
         output(
             Command::new(&self.enforcer)
@@ -144,14 +152,7 @@ fn bench(b: Bench, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     if wanted("connect") {
         eprintln!("bench: connect()+close() rate, 5 s, 4 threads");
-        let direct = field(
-            &b.direct(&args(&["connect", &t, "5", "4"]))?,
-            "connects_per_sec",
-        )?;
-        let enforced = field(
-            &b.enforced(&args(&["connect", &t, "5", "4"]))?,
-            "connects_per_sec",
-        )?;
+        let (direct, enforced) = b.both(&args(&["connect", &t, "5", "4"]), "connects_per_sec")?;
         rows.push(row(
             "connect()+close() per second",
             direct,
@@ -189,11 +190,7 @@ fn bench(b: Bench, wanted: &dyn Fn(&str) -> bool) -> Result<()> {
     if wanted("throughput") {
         eprintln!("bench: relay throughput, 1 GiB on one connection");
         let gib = (1u64 << 30).to_string();
-        let direct = field(&b.direct(&args(&["throughput", &t, &gib]))?, "mib_per_sec")?;
-        let enforced = field(
-            &b.enforced(&args(&["throughput", &t, &gib]))?,
-            "mib_per_sec",
-        )?;
+        let (direct, enforced) = b.both(&args(&["throughput", &t, &gib]), "mib_per_sec")?;
         rows.push(row(
             "relay throughput (MiB/s)",
             direct,
