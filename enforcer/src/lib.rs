@@ -8,6 +8,7 @@
 //! [`workload`] starts and supervises an enforced command.
 
 pub mod admin;
+pub mod approval;
 pub mod grant;
 pub mod identity;
 pub mod metrics;
@@ -17,4 +18,5 @@ pub mod proxy;
 pub mod record;
 pub mod redirect;
 pub mod service;
+pub mod store;
 pub mod workload;

@@ -27,6 +27,18 @@ pub struct KernelLabels {
     pub event: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    /// requested | issued | pending | denied | expired | revoked | used_up
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApprovalLabels {
+    /// approved | denied | timed_out
+    pub outcome: String,
+}
+
 /// Every metric enforcer exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -37,6 +49,10 @@ pub struct Metrics {
     pub accept_latency: Histogram,
     /// Mirrors the kernel programs' counters; refreshed on each scrape.
     pub kernel_events: Family<KernelLabels, Counter>,
+    pub grants: Family<GrantLabels, Counter>,
+    /// Pending approvals in the store (shared by every host using it).
+    pub approvals_pending: Gauge,
+    pub approval_decision_seconds: Family<ApprovalLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -87,7 +103,34 @@ impl Metrics {
             "Events counted by the kernel programs (connects redirected, sockets denied, ...)",
             kernel_events.clone(),
         );
+        let grants = Family::<GrantLabels, Counter>::default();
+        registry.register(
+            "grants",
+            "JIT grant lifecycle events (requested, issued, pending, denied, expired, revoked, used_up)",
+            grants.clone(),
+        );
+        let approvals_pending = Gauge::default();
+        registry.register(
+            "approvals_pending",
+            "Approval requests waiting for an operator",
+            approvals_pending.clone(),
+        );
+        // 1 s to ~4.5 h: people decide, not machines.
+        let approval_decision_seconds =
+            Family::<ApprovalLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    1.0, 2.0, 15,
+                ))
+            });
+        registry.register(
+            "approval_decision_seconds",
+            "Time from an approval request to its decision, by outcome",
+            approval_decision_seconds.clone(),
+        );
         Metrics {
+            grants,
+            approvals_pending,
+            approval_decision_seconds,
             registry,
             connections,
             active_connections,
@@ -96,6 +139,14 @@ impl Metrics {
             accept_latency,
             kernel_events,
         }
+    }
+
+    pub fn grant_event(&self, event: &str) {
+        self.grants
+            .get_or_create(&GrantLabels {
+                event: event.to_owned(),
+            })
+            .inc();
     }
 
     /// Copies the kernel's running totals into the exported counters.

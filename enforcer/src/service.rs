@@ -10,15 +10,18 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    admin::{self, AdminError},
+    admin::{self, AdminError, AdminState, OperatorToken, caller::TokenFileError},
+    approval::{Approvals, Webhook},
+    grant::{GrantError, GrantSigner, Grants, TokenError},
     metrics::Metrics,
     policy::Policy,
-    proxy::{Listeners, Proxy, ProxyError},
+    proxy::{AdminRoute, Listeners, Proxy, ProxyError, Sessions},
     record::{
         Recorder,
         audit::{self, AuditError, AuditLog},
     },
     redirect::{Redirect, RedirectConfig, RedirectError},
+    store::{Store, StoreError, StoreLocation},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,16 @@ pub enum ServiceError {
         "enforcer itself runs in cgroup {0}: enforcing it would redirect the proxy into itself"
     )]
     OwnCgroup(PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    #[error(transparent)]
+    SigningKey(#[from] TokenError),
+    #[error(transparent)]
+    OperatorToken(#[from] TokenFileError),
+    #[error("approval webhook: {0}")]
+    Webhook(String),
 }
 
 /// How to come by the kernel programs.
@@ -62,6 +75,8 @@ pub struct ServiceConfig {
     pub admin: SocketAddr,
     pub proxy_port: u16,
     pub mode: AttachMode,
+    /// `--store` URL; SQLite in the state directory without it.
+    pub store: Option<String>,
 }
 
 /// A running service. Stop it by dropping the runtime it runs on, then [`Stopped::finish`].
@@ -70,7 +85,11 @@ pub struct Service {
     pub proxy_port: u16,
     pub admin_addr: SocketAddr,
     pub resumed: bool,
+    /// `<host>/<workload>`: what grants are bound to.
+    pub workload: String,
+    pub grants: Arc<Grants>,
     proxy_task: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
     admin_task: JoinHandle<std::io::Result<()>>,
     audit: std::thread::JoinHandle<Result<u64, AuditError>>,
 }
@@ -86,6 +105,22 @@ impl Service {
             source,
         })?;
         let audit_log = AuditLog::open(&audit_path(&cfg.state_dir))?;
+        // Everything that can fail on bad configuration fails before the kernel programs are
+        // attached.
+        let host = hostname();
+        let workload = format!("{host}/{}", cfg.workload);
+        let location = StoreLocation::parse(cfg.store.as_deref(), &cfg.state_dir)?;
+        let store = Store::open(&location).await?;
+        let signer = GrantSigner::load_or_create(&cfg.state_dir)?;
+        let operator_token = OperatorToken::load_or_create(&cfg.state_dir)?;
+        let webhook = cfg
+            .policy
+            .approvals
+            .webhook
+            .clone()
+            .map(Webhook::new)
+            .transpose()
+            .map_err(|e| ServiceError::Webhook(e.to_string()))?;
 
         let resume = cfg.mode == AttachMode::ResumeOrFresh
             && crate::redirect::is_attached(&cfg.bpffs, &cfg.cgroup)?;
@@ -121,27 +156,64 @@ impl Service {
 
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
         let audit = audit::spawn_writer(audit_log, rx);
+        let recorder = Recorder::new(tx);
         let metrics = Arc::new(Metrics::new());
+        let policy = Arc::new(cfg.policy);
+        let approvals = Arc::new(Approvals::new(
+            store.clone(),
+            host.clone(),
+            policy.approvals.timeout,
+            webhook,
+            recorder.clone(),
+            Arc::clone(&metrics),
+        ));
+        let grants = Arc::new(
+            Grants::new(
+                store,
+                signer,
+                approvals,
+                Arc::clone(&policy),
+                recorder.clone(),
+                Arc::clone(&metrics),
+                host,
+                std::slice::from_ref(&workload),
+            )
+            .await?,
+        );
+        let sweeper = tokio::spawn(sweep(Arc::clone(&grants)));
+        let sessions = Arc::new(Sessions::default());
+        let router = admin::router(AdminState {
+            metrics: Arc::clone(&metrics),
+            redirect: Arc::clone(&redirect),
+            grants: Some(Arc::clone(&grants)),
+            sessions: Arc::clone(&sessions),
+            operator_token: Some(operator_token),
+        });
         let proxy = Arc::new(Proxy::new(
-            cfg.workload,
+            workload.clone(),
             cfg.identity,
-            Arc::new(cfg.policy),
+            policy,
             Arc::clone(&redirect),
-            Recorder::new(tx),
+            recorder,
             Arc::clone(&metrics),
             proxy_port,
+            sessions,
+            Some(AdminRoute {
+                addr: admin_addr,
+                router: router.clone(),
+            }),
         ));
         let proxy_task = tokio::spawn(proxy.serve(listeners));
-        let admin_task = tokio::spawn(admin::serve(
-            admin_listener,
-            admin::router(metrics, Arc::clone(&redirect)),
-        ));
+        let admin_task = tokio::spawn(admin::serve(admin_listener, router));
         Ok(Service {
             redirect,
             proxy_port,
             admin_addr,
             resumed: resume,
+            workload,
+            grants,
             proxy_task,
+            sweeper,
             admin_task,
             audit,
         })
@@ -152,6 +224,7 @@ impl Service {
     pub fn stop(self) -> Stopped {
         self.proxy_task.abort();
         self.admin_task.abort();
+        self.sweeper.abort();
         Stopped { audit: self.audit }
     }
 }
@@ -170,6 +243,26 @@ impl Stopped {
             })
         })
     }
+}
+
+/// Times out approvals and expires grants, twice a second.
+async fn sweep(grants: Arc<Grants>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = grants.sweep().await {
+            tracing::error!("grant and approval sweep failed: {e}");
+        }
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 pub fn audit_path(state_dir: &Path) -> PathBuf {

@@ -71,6 +71,8 @@ pub struct Spawn<'a> {
     pub cgroup_procs: &'a File,
     /// Environment variables that hold real secrets (credential sources): never passed on.
     pub withheld_env: &'a [String],
+    /// Set for the workload (after the withheld ones are removed).
+    pub env: &'a [(String, String)],
 }
 
 impl Spawn<'_> {
@@ -79,6 +81,9 @@ impl Spawn<'_> {
         cmd.args(self.args);
         for name in self.withheld_env {
             cmd.env_remove(name);
+        }
+        for (name, value) in self.env {
+            cmd.env(name, value);
         }
         let procs_fd = self.cgroup_procs.as_raw_fd();
         let uid = self.run_as.uid.as_raw();

@@ -1,5 +1,10 @@
-//! The admin listener (loopback only): `/healthz` and `/metrics` for SREs. Grants, approvals and
-//! sessions join it with the grants issue.
+//! The admin listener (loopback only): `/healthz` and `/metrics` for SREs, and the `/v1` JSON
+//! API for grants, approvals and sessions ([`api`]). Who may do what is decided per request
+//! from the [`caller::Caller`]: the workload (through the proxy), an operator (token), or
+//! anyone (health and metrics only).
+
+pub mod api;
+pub mod caller;
 
 use std::{
     net::SocketAddr,
@@ -7,15 +12,16 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::State,
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::{metrics::Metrics, redirect::Redirect};
+use crate::{grant::Grants, metrics::Metrics, proxy::Sessions, redirect::Redirect};
+pub use caller::{Caller, OperatorToken, WorkloadCaller};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -31,9 +37,12 @@ pub enum AdminError {
 }
 
 #[derive(Clone)]
-struct AdminState {
-    metrics: Arc<Metrics>,
-    redirect: Arc<Mutex<Redirect>>,
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub redirect: Arc<Mutex<Redirect>>,
+    pub grants: Option<Arc<Grants>>,
+    pub sessions: Arc<Sessions>,
+    pub operator_token: Option<OperatorToken>,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
@@ -45,15 +54,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
-pub fn router(metrics: Arc<Metrics>, redirect: Arc<Mutex<Redirect>>) -> Router {
-    Router::new()
+pub fn router(state: AdminState) -> Router {
+    let token = state.operator_token.clone();
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { metrics, redirect })
+        .merge(api::routes())
+        .with_state(state);
+    match token {
+        Some(token) => router.layer(Extension(token)),
+        None => router,
+    }
 }
 
 pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
     axum::serve(listener, router).await
+}
+
+/// Serves one connection that came from inside the workload (through the proxy): every
+/// request on it carries `caller`, whatever headers it sends.
+pub async fn serve_workload(
+    stream: TcpStream,
+    router: Router,
+    caller: WorkloadCaller,
+) -> Result<(), hyper::Error> {
+    let service = hyper_util::service::TowerToHyperService::new(router.layer(Extension(caller)));
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
 }
 
 async fn healthz() -> &'static str {

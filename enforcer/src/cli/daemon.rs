@@ -52,6 +52,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         admin: args.enforce.admin,
         proxy_port: args.enforce.proxy_port,
         mode: AttachMode::ResumeOrFresh,
+        store: args.enforce.store.clone(),
     };
     let stopped = runtime.block_on(async {
         let service = Service::start(config).await?;

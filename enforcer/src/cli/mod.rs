@@ -1,11 +1,15 @@
 //! One file per subcommand.
 
+mod approvals;
 mod audit;
+mod client;
 mod daemon;
 mod detach;
+mod grant;
 mod logging;
 mod policy;
 mod run;
+mod sessions;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -39,6 +43,12 @@ enum Command {
     /// Check the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
 }
 
 /// Options every enforcing command shares.
@@ -64,6 +74,16 @@ struct EnforceArgs {
     /// the principal is `local`.
     #[arg(long, value_name = "FILE")]
     identity_token: Option<PathBuf>,
+    /// Where grants and approvals are kept: SQLite in the state directory by default, or
+    /// postgres://USER@HOST/DB shared by several hosts (an approval given on one releases a
+    /// request waiting on another).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ENFORCER_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
 }
 
 /// Verifies the workload's identity token, if one was given, against the policy's providers.
@@ -97,6 +117,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Detach(args) => detach::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Grant(cmd) => grant::run(cmd),
+        Command::Approvals(cmd) => approvals::run(cmd),
+        Command::Sessions(cmd) => sessions::run(cmd),
     }
 }
 

@@ -87,8 +87,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             CredentialSource::File(_) => None,
         })
         .collect();
+    // Unique across time on this host (pids are reused): grants are bound to it.
+    let workload = format!("{name}-{}", hex::encode(rand::random::<[u8; 4]>()));
     let config = ServiceConfig {
-        workload: name,
+        workload,
         identity,
         policy,
         state_dir: state.clone(),
@@ -97,6 +99,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         admin: args.enforce.admin,
         proxy_port: args.enforce.proxy_port,
         mode: AttachMode::Fresh,
+        store: args.enforce.store.clone(),
     };
     let procs = teardown.cgroup.procs_file()?;
     let (program, rest) = args.command.split_first().context("no command given")?;
@@ -108,12 +111,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             admin = %service.admin_addr,
             "enforcing workload"
         );
+        // How the workload reaches the admin API (grant requests); connections to it are
+        // identified as the workload's by the redirect.
+        let env = [("ENFORCER_ADMIN".to_owned(), service.admin_addr.to_string())];
         let spawn = Spawn {
             program,
             args: rest,
             run_as,
             cgroup_procs: &procs,
             withheld_env: &withheld,
+            env: &env,
         };
         let code = supervise(|| Ok(spawn.spawn()?)).await?;
         anyhow::Ok((code, service.stop()))

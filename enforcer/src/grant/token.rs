@@ -26,7 +26,7 @@ pub const GRANT_AUDIENCE: &str = "enforcer-grant";
 const KEY_FILE: &str = "grant-signing-key.p8";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum GrantError {
+pub enum TokenError {
     #[error("cannot read or create the grant signing key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("the grant signing key {path} is readable by others (mode {mode:o}); it must be 0600")]
@@ -56,6 +56,10 @@ pub struct GrantClaims {
     pub exp: u64,
     pub resource: String,
     pub access: String,
+    /// The workload the grant is bound to: an enforced workload other than this one cannot
+    /// use it.
+    #[serde(default)]
+    pub wl: String,
     /// Uses left when issued; `None` means until expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<u32>,
@@ -71,9 +75,9 @@ pub struct GrantSigner {
 
 impl GrantSigner {
     /// Loads the key from `state_dir`, generating it on first use.
-    pub fn load_or_create(state_dir: &Path) -> Result<GrantSigner, GrantError> {
+    pub fn load_or_create(state_dir: &Path) -> Result<GrantSigner, TokenError> {
         let path = state_dir.join(KEY_FILE);
-        let key_err = |reason: String| GrantError::Key {
+        let key_err = |reason: String| TokenError::Key {
             path: path.clone(),
             reason,
         };
@@ -89,7 +93,7 @@ impl GrantSigner {
                 let meta = file.metadata().map_err(|e| key_err(e.to_string()))?;
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
-                    return Err(GrantError::KeyExposed { path, mode });
+                    return Err(TokenError::KeyExposed { path, mode });
                 }
                 // SAFETY: geteuid has no preconditions.
                 let me = unsafe { libc::geteuid() };
@@ -151,30 +155,59 @@ impl GrantSigner {
         }
     }
 
-    pub fn issue(&self, claims: &GrantClaims) -> Result<String, GrantError> {
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK (JSON), published in the store for other enforcers.
+    pub fn public_jwk(&self) -> Result<String, TokenError> {
+        serde_json::to_string(&self.jwk).map_err(|e| TokenError::Sign(e.to_string()))
+    }
+
+    pub fn issue(&self, claims: &GrantClaims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| GrantError::Sign(e.to_string()))
+            .map_err(|e| TokenError::Sign(e.to_string()))
     }
 
     /// Checks signature, issuer, audience and expiry (no leeway: grants are short-lived and
     /// issued by the same clock domain).
-    pub fn verify(&self, token: &str) -> Result<GrantClaims, GrantError> {
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.leeway = 0;
-        validation.set_issuer(&[GRANT_ISSUER]);
-        validation.set_audience(&[GRANT_AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "jti"]);
-        jsonwebtoken::decode::<GrantClaims>(token.trim(), &self.decoding, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSignature => GrantError::BadSignature,
-                ErrorKind::ExpiredSignature => GrantError::Expired,
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => GrantError::NotAGrant,
-                _ => GrantError::Malformed(e.to_string()),
-            })
+    pub fn verify(&self, token: &str) -> Result<GrantClaims, TokenError> {
+        verify_with(token, &self.decoding)
     }
+}
+
+/// The `kid` a token names, read before verification to pick the key.
+pub fn token_kid(token: &str) -> Result<Option<String>, TokenError> {
+    jsonwebtoken::decode_header(token.trim())
+        .map(|h| h.kid)
+        .map_err(|e| TokenError::Malformed(e.to_string()))
+}
+
+/// Verifies a grant token against a published JWK (another enforcer's key).
+pub fn verify_with_jwk(token: &str, jwk_json: &str) -> Result<GrantClaims, TokenError> {
+    let jwk: Jwk = serde_json::from_str(jwk_json)
+        .map_err(|e| TokenError::Malformed(format!("published key: {e}")))?;
+    let key = DecodingKey::from_jwk(&jwk)
+        .map_err(|e| TokenError::Malformed(format!("published key: {e}")))?;
+    verify_with(token, &key)
+}
+
+fn verify_with(token: &str, key: &DecodingKey) -> Result<GrantClaims, TokenError> {
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.leeway = 0;
+    validation.set_issuer(&[GRANT_ISSUER]);
+    validation.set_audience(&[GRANT_AUDIENCE]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "jti"]);
+    jsonwebtoken::decode::<GrantClaims>(token.trim(), key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::NotAGrant,
+            _ => TokenError::Malformed(e.to_string()),
+        })
 }
 
 #[cfg(test)]
@@ -195,6 +228,7 @@ mod tests {
             exp: now.saturating_add_signed(exp_in),
             resource: "orders-db".into(),
             access: "write".into(),
+            wl: "host/run-1".into(),
             uses: Some(1),
         }
     }
@@ -224,17 +258,17 @@ mod tests {
         let other = GrantSigner::load_or_create(other_dir.path()).expect("key");
         assert_eq!(
             signer.verify(&other.issue(&claims(300)).expect("issue")),
-            Err(GrantError::BadSignature)
+            Err(TokenError::BadSignature)
         );
         assert_eq!(
             signer.verify(&signer.issue(&claims(-10)).expect("issue")),
-            Err(GrantError::Expired)
+            Err(TokenError::Expired)
         );
         let mut foreign = claims(300);
         foreign.aud = "enforcer".into();
         assert_eq!(
             signer.verify(&signer.issue(&foreign).expect("issue")),
-            Err(GrantError::NotAGrant)
+            Err(TokenError::NotAGrant)
         );
         let token = signer.issue(&claims(300)).expect("issue");
         let parts: Vec<&str> = token.split('.').collect();
@@ -246,11 +280,11 @@ mod tests {
         );
         assert_eq!(
             signer.verify(&format!("{}.{payload}.{}", parts[0], parts[2])),
-            Err(GrantError::BadSignature)
+            Err(TokenError::BadSignature)
         );
         for garbage in ["", "x", "a.b.c", &token[..10]] {
             assert!(
-                matches!(signer.verify(garbage), Err(GrantError::Malformed(_))),
+                matches!(signer.verify(garbage), Err(TokenError::Malformed(_))),
                 "{garbage:?}"
             );
         }
@@ -265,7 +299,7 @@ mod tests {
             .expect("symlink");
         assert!(matches!(
             GrantSigner::load_or_create(dir.path()),
-            Err(GrantError::Key { .. })
+            Err(TokenError::Key { .. })
         ));
     }
 
@@ -277,13 +311,13 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(matches!(
             GrantSigner::load_or_create(dir.path()),
-            Err(GrantError::KeyExposed { mode: 0o644, .. })
+            Err(TokenError::KeyExposed { mode: 0o644, .. })
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::write(&path, b"not a key").expect("write");
         assert!(matches!(
             GrantSigner::load_or_create(dir.path()),
-            Err(GrantError::Key { .. })
+            Err(TokenError::Key { .. })
         ));
     }
 }

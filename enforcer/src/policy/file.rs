@@ -15,6 +15,32 @@ pub struct PolicyFile {
     pub dns: Option<DnsSpec>,
     #[serde(default)]
     pub identity_providers: Vec<IdentityProviderSpec>,
+    #[serde(default)]
+    pub approvals: Option<Spanned<ApprovalsSpec>>,
+    #[serde(default)]
+    pub grants: Option<Spanned<GrantsSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsSpec {
+    /// How long a request waits for an operator before it is denied; default 10m.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// URL every new approval request is POSTed to (JSON, with a Slack-compatible `text`).
+    #[serde(default)]
+    pub webhook: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsSpec {
+    /// TTL of a grant requested without --ttl; default 15m.
+    #[serde(default)]
+    pub default_ttl: Option<Spanned<String>>,
+    /// No grant lives longer, whatever is asked; default 8h.
+    #[serde(default)]
+    pub max_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,9 +4,11 @@
 //! and reports *all* problems at once as `file:line:col: message`, so a reviewer fixes a policy in
 //! one round. The validated [`Policy`] is what the proxy routes with ([`route`]).
 
+pub mod cedar;
 mod file;
 mod route;
 
+pub use cedar::{Authz, Decision, Principal};
 pub use route::{Route, RouteTarget};
 
 use std::{
@@ -14,6 +16,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -171,6 +174,53 @@ pub struct Policy {
     /// Resolver UDP/53 is sent to; `None` denies DNS.
     pub dns_resolver: Option<SocketAddr>,
     pub identity_providers: Vec<IdentityProvider>,
+    /// The Cedar policies (`*.cedar`): what workloads may ask for and do.
+    pub authz: Authz,
+    pub approvals: ApprovalSettings,
+    pub grants: GrantLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// A pending request not decided within this is denied.
+    pub timeout: Duration,
+    pub webhook: Option<String>,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            timeout: Duration::from_secs(600),
+            webhook: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantLimits {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for GrantLimits {
+    fn default() -> Self {
+        GrantLimits {
+            default_ttl: Duration::from_secs(15 * 60),
+            max_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+/// Access levels a grant may name, per protocol.
+impl Protocol {
+    pub fn access_levels(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Postgres | Protocol::Mysql => &["read", "write", "ddl", "admin"],
+            Protocol::Kubernetes => &["read", "write", "exec", "admin"],
+            Protocol::Ssh => &["shell", "exec", "forward"],
+            Protocol::Http => &["read", "write"],
+        }
+    }
 }
 
 /// IPv4 addresses in v4-mapped IPv6 form compare as IPv4.
@@ -200,15 +250,15 @@ impl Policy {
                 source,
             })?;
             let path = entry.path();
-            let is_yaml = path
+            let wanted = path
                 .extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml");
-            if is_yaml && path.is_file() {
+                .is_some_and(|ext| ext == "yaml" || ext == "yml" || ext == "cedar");
+            if wanted && path.is_file() {
                 files.push(path);
             }
         }
         files.sort();
-        if files.is_empty() {
+        if !files.iter().any(|f| !is_cedar(f)) {
             return Err(PolicyError::Empty(dir.to_owned()));
         }
         let mut sources = Vec::with_capacity(files.len());
@@ -225,11 +275,26 @@ impl Policy {
     /// Validates policy text already in memory; `(file name, text)` pairs.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Policy, PolicyError> {
         let mut v = Validator::default();
+        let mut cedar = cedar::CedarLoader::default();
         for (path, text) in sources {
-            v.file(path, text);
+            if is_cedar(path) {
+                cedar.file(path, text);
+            } else {
+                v.file(path, text);
+            }
+        }
+        // Cedar is checked against the resources, so after all YAML.
+        let (authz, mut diagnostics) = cedar.finish(&v.policy.resources);
+        v.diagnostics.append(&mut diagnostics);
+        if let Some(authz) = authz {
+            v.policy.authz = authz;
         }
         v.finish()
     }
+}
+
+fn is_cedar(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "cedar")
 }
 
 #[derive(Default)]
@@ -239,6 +304,8 @@ struct Validator {
     /// name → where it was first defined, across all files.
     names: HashMap<String, (PathBuf, Location)>,
     dns_seen: Option<(PathBuf, Location)>,
+    /// Sections that may appear once across all files → where first seen.
+    sections: HashMap<String, (PathBuf, Location)>,
     current: PathBuf,
 }
 
@@ -277,6 +344,85 @@ impl Validator {
         }
         for provider in parsed.identity_providers {
             self.identity_provider(provider);
+        }
+        if let Some(approvals) = parsed.approvals {
+            self.approvals(approvals);
+        }
+        if let Some(grants) = parsed.grants {
+            self.grants(grants);
+        }
+    }
+
+    fn once(&mut self, section: &str, at: Location) -> bool {
+        if let Some((file, first)) = self.sections.get(section) {
+            let message = format!(
+                "{section} is already configured at {}:{}:{}",
+                file.display(),
+                first.line(),
+                first.column()
+            );
+            self.error(at, message);
+            return false;
+        }
+        self.sections
+            .insert(section.to_owned(), (self.current.clone(), at));
+        true
+    }
+
+    fn duration(&mut self, text: &Spanned<String>, what: &str) -> Option<Duration> {
+        match humantime::parse_duration(text.value.trim()) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.error(
+                    text.referenced,
+                    format!(
+                        "{what} {:?} is not a duration like \"90s\", \"15m\" or \"2h\"",
+                        text.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn approvals(&mut self, spec: Spanned<file::ApprovalsSpec>) {
+        if !self.once("approvals", spec.referenced) {
+            return;
+        }
+        let spec = spec.value;
+        if let Some(t) = &spec.timeout
+            && let Some(d) = self.duration(t, "approval timeout")
+        {
+            self.policy.approvals.timeout = d;
+        }
+        if let Some(url) = &spec.webhook {
+            let text = url.value.trim();
+            if let Err(message) = check_url(text, "webhook") {
+                self.error(url.referenced, message);
+            } else {
+                self.policy.approvals.webhook = Some(text.to_owned());
+            }
+        }
+    }
+
+    fn grants(&mut self, spec: Spanned<file::GrantsSpec>) {
+        if !self.once("grants", spec.referenced) {
+            return;
+        }
+        let at = spec.referenced;
+        let spec = spec.value;
+        if let Some(t) = &spec.default_ttl
+            && let Some(d) = self.duration(t, "default_ttl")
+        {
+            self.policy.grants.default_ttl = d;
+        }
+        if let Some(t) = &spec.max_ttl
+            && let Some(d) = self.duration(t, "max_ttl")
+        {
+            self.policy.grants.max_ttl = d;
+        }
+        if self.policy.grants.default_ttl > self.policy.grants.max_ttl {
+            self.error(at, "grants: default_ttl is longer than max_ttl");
         }
     }
 

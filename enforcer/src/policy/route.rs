@@ -13,6 +13,8 @@ pub enum RouteTarget {
     Egress { rule: String },
     /// Closed at once, recorded with the reason.
     Deny { reason: String },
+    /// enforcer's own admin API: served in-process, the caller identified as the workload.
+    Admin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,7 @@ impl Route {
             RouteTarget::Resource(_) => "resource",
             RouteTarget::Egress { .. } => "egress",
             RouteTarget::Deny { .. } => "deny",
+            RouteTarget::Admin => "admin",
         }
     }
 
@@ -35,7 +38,7 @@ impl Route {
         match &self.target {
             RouteTarget::Resource(r) => Some(&r.name),
             RouteTarget::Egress { rule } => Some(rule),
-            RouteTarget::Deny { .. } => None,
+            RouteTarget::Deny { .. } | RouteTarget::Admin => None,
         }
     }
 }

@@ -6,9 +6,11 @@
 
 mod connection;
 mod relay;
+mod sessions;
 
 pub use connection::Connection;
 pub use relay::{RelayError, RelayStats, connect_upstream, relay};
+pub use sessions::{SessionGuard, SessionInfo, Sessions};
 
 use std::{
     net::SocketAddr,
@@ -40,6 +42,12 @@ pub enum ProxyError {
     },
 }
 
+/// Where the admin API listens, and the router that serves it to the workload.
+pub struct AdminRoute {
+    pub addr: SocketAddr,
+    pub router: axum::Router,
+}
+
 /// Everything a connection task needs.
 pub struct Proxy {
     pub workload: String,
@@ -50,6 +58,8 @@ pub struct Proxy {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub port: u16,
+    pub sessions: Arc<Sessions>,
+    admin: Option<AdminRoute>,
     next_id: AtomicU64,
 }
 
@@ -123,6 +133,8 @@ impl Proxy {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         port: u16,
+        sessions: Arc<Sessions>,
+        admin: Option<AdminRoute>,
     ) -> Self {
         // Ids unique across restarts of the daemon: start from the clock.
         let start = std::time::SystemTime::now()
@@ -141,6 +153,8 @@ impl Proxy {
             recorder,
             metrics,
             port,
+            sessions,
+            admin,
             next_id: AtomicU64::new(start),
         }
     }
@@ -181,7 +195,20 @@ impl Proxy {
                 },
             };
         }
+        if let Some(admin) = &self.admin
+            && crate::policy::canonical_addr(admin.addr)
+                == crate::policy::canonical_addr(conn.orig_dst)
+        {
+            return Route {
+                target: RouteTarget::Admin,
+            };
+        }
         self.policy.route(conn.orig_dst)
+    }
+
+    /// The principal as Cedar sees it.
+    pub fn cedar_principal(&self) -> crate::policy::Principal {
+        crate::policy::Principal::of(self.identity.as_ref())
     }
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, accepted: Instant) {
@@ -263,6 +290,19 @@ impl Proxy {
             return;
         }
         let started = Instant::now();
+        let _session = match &route.target {
+            RouteTarget::Deny { .. } => None,
+            _ => Some(self.sessions.open(SessionInfo {
+                id,
+                workload: self.workload.clone(),
+                principal: self.principal.clone(),
+                process: conn.process.clone(),
+                orig_dst: conn.orig_dst,
+                route: route.kind().into(),
+                rule: route.rule().map(str::to_owned),
+                started_at: crate::store::now_ms(),
+            })),
+        };
         self.metrics.active_connections.inc();
         let result = match &route.target {
             RouteTarget::Deny { .. } => {
@@ -271,6 +311,11 @@ impl Proxy {
                 return;
             }
             RouteTarget::Egress { .. } => relay(&mut stream, conn.orig_dst).await,
+            RouteTarget::Admin => {
+                self.serve_admin(stream, &conn).await;
+                self.metrics.active_connections.dec();
+                return;
+            }
             RouteTarget::Resource(resource) => {
                 protocol::handler_for(resource.protocol)
                     .serve(&conn, &mut stream, resource)
@@ -307,6 +352,23 @@ impl Proxy {
             error,
         };
         let _ = self.recorder.record(Event::ConnectionClosed(closed)).await;
+    }
+
+    async fn serve_admin(&self, stream: TcpStream, conn: &Connection) {
+        let Some(admin) = &self.admin else { return };
+        let caller = crate::admin::WorkloadCaller {
+            requester: crate::grant::Requester {
+                workload: self.workload.clone(),
+                principal: self.cedar_principal(),
+            },
+            process: conn.process.clone(),
+        };
+        if let Err(e) = crate::admin::serve_workload(stream, admin.router.clone(), caller).await {
+            tracing::debug!(
+                connection = conn.id,
+                "admin API connection from the workload: {e}"
+            );
+        }
     }
 
     fn attributes(&self) -> std::collections::BTreeMap<String, String> {

@@ -49,11 +49,55 @@ pub struct ConnectionClosed {
     pub error: Option<String>,
 }
 
+/// Something that happened to a JIT grant: who, what, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantEvent {
+    /// requested | issued | pending | denied | revoked | expired | used_up
+    pub action: String,
+    pub grant: String,
+    pub workload: String,
+    pub principal: String,
+    pub resource: String,
+    pub access: String,
+    /// The requester's reason.
+    pub reason: String,
+    /// Who decided (an operator, `policy`, `timeout`), when someone did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Ids of the Cedar policies that decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// Why it was denied / revoked, TTL and uses when issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Something that happened to an approval request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalEvent {
+    /// requested | approved | denied | timed_out | refused
+    pub action: String,
+    pub approval: String,
+    /// grant | operation
+    pub approval_kind: String,
+    pub subject: String,
+    pub workload: String,
+    pub principal: String,
+    pub resource: String,
+    /// The operator who decided, or the caller who was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     ConnectionDecided(ConnectionDecided),
     ConnectionClosed(ConnectionClosed),
+    Grant(GrantEvent),
+    Approval(ApprovalEvent),
 }
 
 impl Event {
@@ -110,6 +154,35 @@ impl Event {
                 duration_ms = e.duration_ms,
                 error = e.error.as_deref().unwrap_or(""),
                 "connection closed"
+            ),
+            Event::Grant(e) => tracing::info!(
+                target: "enforcer::decision",
+                event = "grant",
+                action = %e.action,
+                grant = %e.grant,
+                workload = %e.workload,
+                principal = %e.principal,
+                resource = %e.resource,
+                access = %e.access,
+                reason = %e.reason,
+                by = e.by.as_deref().unwrap_or(""),
+                policies = %e.policies.join(","),
+                detail = e.detail.as_deref().unwrap_or(""),
+                "grant {}", e.action
+            ),
+            Event::Approval(e) => tracing::info!(
+                target: "enforcer::decision",
+                event = "approval",
+                action = %e.action,
+                approval = %e.approval,
+                approval_kind = %e.approval_kind,
+                subject = %e.subject,
+                workload = %e.workload,
+                principal = %e.principal,
+                resource = %e.resource,
+                by = e.by.as_deref().unwrap_or(""),
+                reason = e.reason.as_deref().unwrap_or(""),
+                "approval {}", e.action
             ),
         }
     }

@@ -5,7 +5,7 @@
 pub mod audit;
 mod event;
 
-pub use event::{ConnectionClosed, ConnectionDecided, Event, Process};
+pub use event::{ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process};
 
 use tokio::sync::mpsc;
 

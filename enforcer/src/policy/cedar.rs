@@ -1,0 +1,501 @@
+//! Authorization with Cedar: the `*.cedar` files of a policy directory, validated against the
+//! schema enforcer ships ([`SCHEMA`]), decide grant requests and (with the protocol handlers)
+//! single operations. Obligations ride on the permitting policies as annotations:
+//! `@approval("required")` and `@max_ttl("15m")`. Policies are named by `@id("…")`, or by
+//! `file:line` when they have none, and those names appear in every decision.
+
+use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, sync::OnceLock, time::Duration};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+use miette::Diagnostic as _;
+
+use super::{Diagnostic, Resource};
+
+/// The Cedar schema every policy is validated against.
+pub const SCHEMA: &str = include_str!("enforcer.cedarschema");
+
+/// Annotations enforcer reads, with the values each takes.
+const APPROVAL: &str = "approval";
+const MAX_TTL: &str = "max_ttl";
+
+fn schema() -> &'static Schema {
+    static PARSED: OnceLock<Schema> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        // The schema is part of the binary and checked by a unit test: failing here is a
+        // build defect, not bad input.
+        #[allow(clippy::expect_used)]
+        Schema::from_cedarschema_str(SCHEMA)
+            .map(|(schema, _warnings)| schema)
+            .expect("the shipped Cedar schema parses")
+    })
+}
+
+/// Who asks: the workload principal as Cedar sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// `local` or `<provider>:<subject>`.
+    pub name: String,
+    pub provider: String,
+    pub subject: String,
+    /// Identity claims, as entity tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Principal {
+    pub fn local() -> Principal {
+        Principal {
+            name: crate::identity::LOCAL_PRINCIPAL.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn of(identity: Option<&crate::identity::WorkloadIdentity>) -> Principal {
+        match identity {
+            None => Principal::local(),
+            Some(i) => Principal {
+                name: i.principal(),
+                provider: i.provider.clone(),
+                subject: i.subject.clone(),
+                tags: i.attributes.clone(),
+            },
+        }
+    }
+}
+
+/// The outcome of one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Ids of the policies that decided: the permits that allowed, or the forbids that
+    /// denied. Empty for a denial because nothing permits.
+    pub policies: Vec<String>,
+    /// A permitting policy carries `@approval("required")`.
+    pub approval_required: bool,
+    /// The smallest `@max_ttl` of the permitting policies.
+    pub max_ttl: Option<Duration>,
+    /// Policies that failed to evaluate (they are skipped, as Cedar does).
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    /// Why, in one phrase naming the deciding policies.
+    pub fn explain(&self) -> String {
+        match (self.allowed, self.policies.is_empty()) {
+            (true, _) => format!("permitted by {}", self.policies.join(", ")),
+            (false, true) => "no policy permits it".into(),
+            (false, false) => format!("forbidden by {}", self.policies.join(", ")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("the request does not fit the schema: {0}")]
+    Request(String),
+    #[error("cannot build the entities: {0}")]
+    Entities(String),
+}
+
+/// The validated Cedar policies of one policy directory.
+#[derive(Clone)]
+pub struct Authz {
+    policies: PolicySet,
+    /// Per policy id: (file, line) and the obligations it carries.
+    info: BTreeMap<String, PolicyInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PolicyInfo {
+    location: String,
+    approval_required: bool,
+    max_ttl: Option<Duration>,
+}
+
+impl Default for Authz {
+    fn default() -> Self {
+        Authz {
+            policies: PolicySet::new(),
+            info: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Authz {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authz")
+            .field("policies", &self.info.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PartialEq for Authz {
+    fn eq(&self, other: &Self) -> bool {
+        self.info == other.info && self.policies.to_string() == other.policies.to_string()
+    }
+}
+
+impl Eq for Authz {}
+
+/// Collects Cedar files, then validates them together.
+#[derive(Default)]
+pub(super) struct CedarLoader {
+    policies: Vec<cedar_policy::Policy>,
+    info: BTreeMap<String, PolicyInfo>,
+    /// policy id → (file, text) for positions of validation errors.
+    sources: BTreeMap<String, (std::path::PathBuf, std::sync::Arc<str>)>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl CedarLoader {
+    pub(super) fn file(&mut self, path: &Path, text: &str) {
+        let text: std::sync::Arc<str> = text.into();
+        let parsed = match PolicySet::from_str(&text) {
+            Ok(set) => set,
+            Err(errors) => {
+                for e in errors.iter() {
+                    let offset = e
+                        .labels()
+                        .and_then(|mut labels| labels.next())
+                        .map_or(0, |l| l.offset());
+                    self.error(path, &text, offset, e.to_string());
+                }
+                return;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            self.error(
+                path,
+                &text,
+                0,
+                "policy templates (?principal, ?resource) are not supported".into(),
+            );
+        }
+        for policy in parsed.policies() {
+            let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+            let offset = core.loc().map_or(0, |l| l.start());
+            let (line, _) = line_col(&text, offset);
+            let location = format!("{}:{line}", path.display());
+            let id = match policy.annotation("id") {
+                Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+                Some(_) => {
+                    self.error(path, &text, offset, "@id must not be empty".into());
+                    continue;
+                }
+                None => location.clone(),
+            };
+            if let Some(first) = self.info.get(&id) {
+                let message = format!(
+                    "duplicate policy id {id:?}: already used at {}",
+                    first.location
+                );
+                self.error(path, &text, offset, message);
+                continue;
+            }
+            let approval_required = match policy.annotation(APPROVAL) {
+                None | Some("none") => false,
+                Some("required") => true,
+                Some(other) => {
+                    self.error(
+                        path,
+                        &text,
+                        annotation_offset(core, APPROVAL).unwrap_or(offset),
+                        format!(
+                            "@approval({other:?}) is not understood; use @approval(\"required\")"
+                        ),
+                    );
+                    false
+                }
+            };
+            let max_ttl = match policy.annotation(MAX_TTL) {
+                None => None,
+                Some(text_ttl) => {
+                    match humantime::parse_duration(text_ttl) {
+                        Ok(d) if !d.is_zero() => Some(d),
+                        _ => {
+                            self.error(
+                            path,
+                            &text,
+                            annotation_offset(core, MAX_TTL).unwrap_or(offset),
+                            format!("@max_ttl({text_ttl:?}) is not a duration like \"15m\" or \"2h\""),
+                        );
+                            None
+                        }
+                    }
+                }
+            };
+            for (key, _) in policy.annotations() {
+                if !matches!(key, "id" | APPROVAL | MAX_TTL | "description" | "mask") {
+                    self.error(
+                        path,
+                        &text,
+                        annotation_offset(core, key).unwrap_or(offset),
+                        format!(
+                            "unknown annotation @{key}; enforcer reads @id, @approval, @max_ttl, @mask and @description"
+                        ),
+                    );
+                }
+            }
+            self.info.insert(
+                id.clone(),
+                PolicyInfo {
+                    location,
+                    approval_required,
+                    max_ttl,
+                },
+            );
+            self.sources
+                .insert(id.clone(), (path.to_owned(), std::sync::Arc::clone(&text)));
+            self.policies.push(policy.new_id(PolicyId::new(&id)));
+        }
+    }
+
+    fn error(&mut self, path: &Path, text: &str, offset: usize, message: String) {
+        let (line, column) = line_col(text, offset);
+        self.diagnostics.push(Diagnostic {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    /// Validates everything loaded against the schema and against the YAML resources.
+    pub(super) fn finish(self, resources: &[Resource]) -> (Option<Authz>, Vec<Diagnostic>) {
+        let mut this = self;
+        let authz = this.validate(resources);
+        (authz, this.diagnostics)
+    }
+
+    fn validate(&mut self, resources: &[Resource]) -> Option<Authz> {
+        let policies = match PolicySet::from_policies(std::mem::take(&mut self.policies)) {
+            Ok(set) => set,
+            Err(e) => {
+                self.diagnostics.push(Diagnostic {
+                    file: "<cedar>".into(),
+                    line: 1,
+                    column: 1,
+                    message: e.to_string(),
+                });
+                return None;
+            }
+        };
+        let result = Validator::new(schema().clone()).validate(&policies, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let id = e.policy_id().to_string();
+            let offset = e
+                .labels()
+                .and_then(|mut labels| labels.next())
+                .map_or(0, |l| l.offset());
+            let message = match e.help() {
+                Some(help) => format!("{e} ({help})"),
+                None => e.to_string(),
+            };
+            match self.sources.get(&id).cloned() {
+                Some((path, text)) => self.error(&path, &text, offset, message),
+                None => self.diagnostics.push(Diagnostic {
+                    file: "<cedar>".into(),
+                    line: 1,
+                    column: 1,
+                    message,
+                }),
+            }
+        }
+        // A policy naming a resource the YAML does not define can never match: a typo.
+        for policy in policies.policies() {
+            let named = match policy.resource_constraint() {
+                cedar_policy::ResourceConstraint::Eq(uid)
+                | cedar_policy::ResourceConstraint::In(uid) => Some(uid),
+                _ => None,
+            };
+            let Some(uid) = named else { continue };
+            let name = uid.id().unescaped();
+            if uid.type_name().to_string() == "Enforcer::Resource"
+                && !resources.iter().any(|r| r.name == name)
+            {
+                let id = policy.id().to_string();
+                if let Some((path, text)) = self.sources.get(&id).cloned() {
+                    let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+                    let offset = core.loc().map_or(0, |l| l.start());
+                    let at = text[offset..]
+                        .find(&format!("\"{name}\""))
+                        .map_or(offset, |i| offset + i);
+                    self.error(
+                        &path,
+                        &text,
+                        at,
+                        format!("resource {name:?} is not defined in the policy's YAML"),
+                    );
+                }
+            }
+        }
+        if self.diagnostics.is_empty() {
+            Some(Authz {
+                policies,
+                info: std::mem::take(&mut self.info),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+fn annotation_offset(policy: &cedar_policy_core::ast::Policy, key: &str) -> Option<usize> {
+    let id = cedar_policy_core::ast::AnyId::from_str(key).ok()?;
+    policy.annotation(&id)?.loc.as_ref().map(|l| l.start())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (u64, u64) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() as u64 + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+    (line, column)
+}
+
+fn uid(type_name: &str, id: &str) -> Result<EntityUid, AuthzError> {
+    let t = EntityTypeName::from_str(type_name)
+        .map_err(|e| AuthzError::Entities(format!("{type_name}: {e}")))?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+/// The entity uid of an action such as `grant:request`.
+pub fn action(name: &str) -> Result<EntityUid, AuthzError> {
+    uid("Enforcer::Action", name)
+}
+
+impl Authz {
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.info.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.info.is_empty()
+    }
+
+    /// Decides `action` by `principal` on `resource` with a JSON `context` object that must
+    /// fit the action's context type in the schema.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action_name: &str,
+        resource: &Resource,
+        context: serde_json::Value,
+    ) -> Result<Decision, AuthzError> {
+        let schema = schema();
+        let action_uid = action(action_name)?;
+        if schema.actions().all(|a| a != &action_uid) {
+            return Err(AuthzError::UnknownAction(action_name.to_owned()));
+        }
+        let principal_uid = uid("Enforcer::Workload", &principal.name)?;
+        let resource_uid = uid("Enforcer::Resource", &resource.name)?;
+        let workload = Entity::new_with_tags(
+            principal_uid.clone(),
+            [
+                (
+                    "principal".to_owned(),
+                    RestrictedExpression::new_string(principal.name.clone()),
+                ),
+                (
+                    "provider".to_owned(),
+                    RestrictedExpression::new_string(principal.provider.clone()),
+                ),
+                (
+                    "subject".to_owned(),
+                    RestrictedExpression::new_string(principal.subject.clone()),
+                ),
+            ],
+            [],
+            principal
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+        )
+        .map_err(|e| AuthzError::Entities(e.to_string()))?;
+        let target = Entity::new_with_tags(
+            resource_uid.clone(),
+            [(
+                "protocol".to_owned(),
+                RestrictedExpression::new_string(resource.protocol.as_str().to_owned()),
+            )],
+            [],
+            [],
+        )
+        .map_err(|e| AuthzError::Entities(e.to_string()))?;
+        let entities = Entities::from_entities([workload, target], Some(schema))
+            .map_err(|e| AuthzError::Entities(e.to_string()))?;
+        let context = Context::from_json_value(context, Some((schema, &action_uid)))
+            .map_err(|e| AuthzError::Request(e.to_string()))?;
+        let request = Request::new(
+            principal_uid,
+            action_uid,
+            resource_uid,
+            context,
+            Some(schema),
+        )
+        .map_err(|e| AuthzError::Request(e.to_string()))?;
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let allowed = response.decision() == CedarDecision::Allow;
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        policies.sort();
+        let errors = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let mut approval_required = false;
+        let mut max_ttl: Option<Duration> = None;
+        if allowed {
+            for id in &policies {
+                if let Some(info) = self.info.get(id) {
+                    approval_required |= info.approval_required;
+                    if let Some(ttl) = info.max_ttl {
+                        max_ttl = Some(max_ttl.map_or(ttl, |m| m.min(ttl)));
+                    }
+                }
+            }
+        }
+        Ok(Decision {
+            allowed,
+            policies,
+            approval_required,
+            max_ttl,
+            errors,
+        })
+    }
+
+    /// Where a policy is written (`file:line`).
+    pub fn location(&self, id: &str) -> Option<&str> {
+        self.info.get(id).map(|i| i.location.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_schema_parses() {
+        let (_schema, warnings) =
+            Schema::from_cedarschema_str(SCHEMA).expect("shipped schema parses");
+        assert_eq!(warnings.count(), 0);
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}
