@@ -26,6 +26,14 @@ pub struct ClientArgs {
     pub state: PathBuf,
 }
 
+/// The admin API said no.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: u16,
+    pub message: String,
+}
+
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -94,7 +102,11 @@ impl Client {
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("{message}");
+            return Err(ApiFailure {
+                status: status.as_u16(),
+                message,
+            }
+            .into());
         }
         serde_json::from_slice(&body).context("the admin API answered something unexpected")
     }

@@ -1,11 +1,10 @@
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use enforcer::{grant::GrantView, store::GrantRow};
 use serde_json::json;
 
-use super::client::{Client, ClientArgs, time};
+use super::client::{ApiFailure, Client, ClientArgs, time};
 
 /// Just-in-time grants: elevated access to one resource, for a while.
 ///
@@ -117,7 +116,7 @@ pub fn path_segment(id: &str) -> anyhow::Result<&str> {
 
 async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client)?;
-    let mut view: GrantView = client
+    let answer: anyhow::Result<GrantView> = client
         .post(
             "/v1/grants",
             &json!({
@@ -128,8 +127,16 @@ async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
                 "reason": args.reason,
             }),
         )
-        .await
-        .context("grant request refused")?;
+        .await;
+    let mut view = match answer {
+        Ok(view) => view,
+        // The policy said no: a decision, not a failure of the tool.
+        Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == 403) => {
+            eprintln!("enforcer: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.context("grant request failed")),
+    };
     if view.grant.status == "pending" && args.wait {
         view = wait(&client, view).await?;
     }

@@ -607,7 +607,10 @@ impl Grants {
 
     /// Times out overdue approvals (denying their grants) and expires grants past their TTL.
     pub async fn sweep(&self) -> Result<(), GrantError> {
-        for approval in self.approvals.sweep().await? {
+        self.approvals.sweep().await?;
+        // Also catches decisions whose grant side was never applied (a waiter timed the
+        // approval out, or a host died between the two updates).
+        for approval in self.store.unapplied_grant_decisions().await? {
             self.approval_decided(&approval).await?;
         }
         for row in self.store.expire_grants(now_ms()).await? {

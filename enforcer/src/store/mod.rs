@@ -392,6 +392,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Decided approvals whose grant is still pending: the decision was taken (or timed out)
+    /// by a host that did not get to apply it to the grant.
+    pub async fn unapplied_grant_decisions(&self) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.* FROM approvals a JOIN grants g ON g.approval_id = a.id \
+             WHERE g.status = 'pending' AND a.status <> 'pending'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ApprovalRow::from_row).collect()
+    }
+
     /// pending approvals past their deadline → timed_out; returns them.
     pub async fn time_out_approvals(&self, now: i64) -> Result<Vec<ApprovalRow>, StoreError> {
         let rows = sqlx::query(

@@ -19,6 +19,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod postgres;
+
 pub const ENFORCER: &str = env!("CARGO_BIN_EXE_enforcer");
 
 /// A test's own corner of the machine.
