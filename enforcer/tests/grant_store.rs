@@ -116,10 +116,16 @@ async fn lifecycle(location: StoreLocation) {
     let g = &h.grants;
 
     // Auto-approved, bound to A: B cannot use it, neither directly nor with its token.
-    let read = g.request(&who(A), ask("read", None, None)).await.expect("read");
+    let read = g
+        .request(&who(A), ask("read", None, None))
+        .await
+        .expect("read");
     assert_eq!(read.status, "active");
     assert_eq!(read.policies, "read-freely");
-    let used = g.authorize(A, "orders-db", "read").await.expect("authorize");
+    let used = g
+        .authorize(A, "orders-db", "read")
+        .await
+        .expect("authorize");
     assert_eq!(used.map(|u| u.grant), Some(read.id.clone()));
     assert_eq!(g.authorize(B, "orders-db", "read").await.expect("b"), None);
     assert_eq!(g.authorize(A, "orders-db", "write").await.expect("w"), None);
@@ -133,7 +139,8 @@ async fn lifecycle(location: StoreLocation) {
         .await
         .expect("A presents its token");
     assert!(matches!(
-        g.authorize_token(&token, Some(B), "orders-db", "read").await,
+        g.authorize_token(&token, Some(B), "orders-db", "read")
+            .await,
         Err(GrantError::OtherWorkload)
     ));
     assert!(matches!(
@@ -147,7 +154,8 @@ async fn lifecycle(location: StoreLocation) {
         .expect("revoke");
     assert_eq!(g.authorize(A, "orders-db", "read").await.expect("r"), None);
     assert!(matches!(
-        g.authorize_token(&token, Some(A), "orders-db", "read").await,
+        g.authorize_token(&token, Some(A), "orders-db", "read")
+            .await,
         Err(GrantError::NotActive { .. })
     ));
     assert!(matches!(
@@ -162,7 +170,10 @@ async fn lifecycle(location: StoreLocation) {
         .expect("once");
     let first = g.authorize(A, "orders-db", "read").await.expect("first");
     assert_eq!(first.map(|u| u.uses_left), Some(Some(0)));
-    assert_eq!(g.authorize(A, "orders-db", "read").await.expect("2nd"), None);
+    assert_eq!(
+        g.authorize(A, "orders-db", "read").await.expect("2nd"),
+        None
+    );
     assert_eq!(g.get(&once.id).await.expect("get").status, "used");
 
     // TTL expiry: stops at once, then the sweeper marks it.
@@ -170,9 +181,17 @@ async fn lifecycle(location: StoreLocation) {
         .request(&who(A), ask("read", Some(1), None))
         .await
         .expect("short");
-    assert!(g.authorize(A, "orders-db", "read").await.expect("a").is_some());
+    assert!(
+        g.authorize(A, "orders-db", "read")
+            .await
+            .expect("a")
+            .is_some()
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(g.authorize(A, "orders-db", "read").await.expect("late"), None);
+    assert_eq!(
+        g.authorize(A, "orders-db", "read").await.expect("late"),
+        None
+    );
     g.sweep().await.expect("sweep");
     assert_eq!(g.get(&short.id).await.expect("get").status, "expired");
 
@@ -192,7 +211,10 @@ async fn lifecycle(location: StoreLocation) {
     ));
 
     // Approval: approve, deny, timeout.
-    let held = g.request(&who(A), ask("write", None, None)).await.expect("held");
+    let held = g
+        .request(&who(A), ask("write", None, None))
+        .await
+        .expect("held");
     assert_eq!(held.status, "pending");
     assert_eq!(g.authorize(A, "orders-db", "write").await.expect("p"), None);
     let approval = held.approval_id.clone().expect("approval id");
@@ -200,13 +222,21 @@ async fn lifecycle(location: StoreLocation) {
         .await
         .expect("approve");
     assert_eq!(g.get(&held.id).await.expect("get").status, "active");
-    assert!(g.authorize(A, "orders-db", "write").await.expect("a").is_some());
+    assert!(
+        g.authorize(A, "orders-db", "write")
+            .await
+            .expect("a")
+            .is_some()
+    );
     assert!(matches!(
         g.decide(&approval, false, "operator:bob", None).await,
         Err(GrantError::Approval(ApprovalError::AlreadyDecided { .. }))
     ));
 
-    let refused = g.request(&who(B), ask("write", None, None)).await.expect("r");
+    let refused = g
+        .request(&who(B), ask("write", None, None))
+        .await
+        .expect("r");
     g.decide(
         refused.approval_id.as_deref().expect("id"),
         false,
@@ -220,7 +250,10 @@ async fn lifecycle(location: StoreLocation) {
     assert_eq!(refused.decision_reason.as_deref(), Some("not today"));
     assert_eq!(g.authorize(B, "orders-db", "write").await.expect("b"), None);
 
-    let ignored = g.request(&who(B), ask("write", None, None)).await.expect("i");
+    let ignored = g
+        .request(&who(B), ask("write", None, None))
+        .await
+        .expect("i");
     let waited = g
         .approvals()
         .wait(
@@ -284,7 +317,11 @@ async fn grant_lifecycle_on_postgres_and_across_hosts() {
     let seen = waiter.await.expect("join").expect("wait");
     assert_eq!(seen.status, "approved");
     a.grants.refresh().await.expect("refresh");
-    let used = a.grants.authorize(A, "orders-db", "write").await.expect("a");
+    let used = a
+        .grants
+        .authorize(A, "orders-db", "write")
+        .await
+        .expect("a");
     assert_eq!(used.map(|u| u.uses_left), Some(Some(1)));
     let row = a.grants.get(&held.id).await.expect("get");
     let token = a

@@ -131,7 +131,10 @@ async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let mut view = match answer {
         Ok(view) => view,
         // The policy said no: a decision, not a failure of the tool.
-        Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == 403) => {
+        Err(e)
+            if e.downcast_ref::<ApiFailure>()
+                .is_some_and(|f| f.status == 403) =>
+        {
             eprintln!("enforcer: {e}");
             return Ok(ExitCode::from(1));
         }

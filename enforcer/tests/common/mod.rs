@@ -320,6 +320,18 @@ impl Drop for Guard {
 
 /// Starts `enforcer daemon` and waits for its `ready` line; returns it with the line's fields.
 pub fn start_daemon(env: &Env, policy: &Path, cgroup: &Path, admin: &str) -> (Guard, String) {
+    start_daemon_with(env, policy, cgroup, admin, &env.state, &[])
+}
+
+/// [`start_daemon`] with its own state directory and extra options.
+pub fn start_daemon_with(
+    env: &Env,
+    policy: &Path,
+    cgroup: &Path,
+    admin: &str,
+    state: &Path,
+    extra: &[&str],
+) -> (Guard, String) {
     let mut child = Command::new(ENFORCER)
         .arg("daemon")
         .arg("--policy")
@@ -327,10 +339,11 @@ pub fn start_daemon(env: &Env, policy: &Path, cgroup: &Path, admin: &str) -> (Gu
         .arg("--cgroup")
         .arg(cgroup)
         .arg("--state")
-        .arg(&env.state)
+        .arg(state)
         .arg("--bpffs")
         .arg(&env.bpffs)
         .args(["--admin", admin])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
