@@ -184,7 +184,16 @@ fn audit_verify_detects_tampering_with_a_real_log() {
 fn help_teaches_every_command() {
     let out = enforcer(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for command in ["run", "daemon", "detach", "policy", "audit"] {
+    for command in [
+        "run",
+        "daemon",
+        "detach",
+        "policy",
+        "audit",
+        "grant",
+        "approvals",
+        "sessions",
+    ] {
         assert!(text.contains(command), "--help lacks {command}: {text}");
     }
     let out = enforcer(&["run", "--help"]);
@@ -192,10 +201,91 @@ fn help_teaches_every_command() {
     for flag in ["--policy", "--state", "--user", "--admin", "Example:"] {
         assert!(text.contains(flag), "run --help lacks {flag}: {text}");
     }
+    let out = enforcer(&["grant", "request", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--resource",
+        "--access",
+        "--ttl",
+        "--uses",
+        "--reason",
+        "--wait",
+    ] {
+        assert!(
+            text.contains(flag),
+            "grant request --help lacks {flag}: {text}"
+        );
+    }
     let out = enforcer(&["run", "--policy", "x"]);
     assert_eq!(
         out.status.code(),
         Some(2),
         "a run without a command is a usage error"
     );
+}
+
+#[test]
+fn policy_explain_names_the_deciding_policies_and_obligations() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/ci-database-readonly");
+    let dir = dir.display().to_string();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            dir.as_str(),
+            "--action",
+            "grant:request",
+        ];
+        args.extend_from_slice(extra);
+        enforcer(&args)
+    };
+    let out = explain(&[
+        "--resource",
+        "orders-db",
+        "--context",
+        r#"{"access": "write"}"#,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision: allow"), "{text}");
+    assert!(
+        text.contains("decided by: orders-write-needs-approval (")
+            && text.contains("grants.cedar:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("obligations: approval required; max ttl 15m"),
+        "{text}"
+    );
+
+    let out = explain(&[
+        "--resource",
+        "orders-db",
+        "--context",
+        r#"{"access": "ddl"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("decision: deny") && text.contains("no-ddl-or-admin"),
+        "{text}"
+    );
+
+    let out = explain(&[
+        "--resource",
+        "billing-db",
+        "--principal",
+        "github:repo:acme/shop",
+        "--attr",
+        "repository_owner=acme",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme-read"));
+
+    let out = explain(&["--resource", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no resource \"nope\""));
+    let out = explain(&["--resource", "orders-db", "--context", "[1]"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a JSON object"));
 }

@@ -146,6 +146,11 @@ proptest::proptest! {
     }
 
     #[test]
+    fn cedar_like_text_never_panics(text in "(permit|forbid|when|unless|principal|action|resource|context|Enforcer::|Action|Resource|@id|@approval|@max_ttl|hasTag|getTag|[-()\\[\\]{};,=!&|<>\" \n0-9a-z:.é])*") {
+        let _ = with_cedar(&text);
+    }
+
+    #[test]
     fn yaml_like_text_never_panics(text in "(resources|egress|dns|name|to|ports|[-:\\[\\]{}, \n0-9a-z./\"])*") {
         let _ = load(&text);
     }
@@ -191,4 +196,145 @@ fn identity_providers_load_with_defaults_and_refuse_weak_settings() {
     }
     // Loopback issuers may use http (local test providers).
     assert!(load("identity_providers:\n  - {name: local, issuer: \"http://127.0.0.1:8080\", audience: a}\n").is_ok());
+}
+
+fn with_cedar(cedar: &str) -> Result<Policy, PolicyError> {
+    Policy::from_sources(&[
+        (PathBuf::from("p.yaml"), GOOD.to_owned()),
+        (PathBuf::from("g.cedar"), cedar.to_owned()),
+    ])
+}
+
+fn cedar_errors(cedar: &str) -> Vec<String> {
+    match with_cedar(cedar) {
+        Ok(_) => panic!("expected errors"),
+        Err(PolicyError::Invalid(diags)) => diags.iter().map(ToString::to_string).collect(),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+}
+
+#[test]
+fn cedar_syntax_errors_point_at_the_token() {
+    let errors = cedar_errors("permit (principal, action, resource)\nwhen { 1 + };\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("g.cedar:2:12: "), "{errors:?}");
+}
+
+#[test]
+fn cedar_schema_violations_and_bad_annotations_have_positions() {
+    let errors = cedar_errors(
+        "@id(\"typo\")\n\
+         permit (principal, action == Enforcer::Action::\"grant:request\", resource)\n\
+         when { context.acess == \"read\" };\n\
+         \n\
+         @approval(\"maybe\")\n\
+         @max_ttl(\"forever\")\n\
+         @colour(\"red\")\n\
+         permit (principal, action == Enforcer::Action::\"sql:read\", resource)\n\
+         when { principal.getTag(\"repository\") == \"acme/shop\" };\n\
+         \n\
+         permit (principal, action, resource == Enforcer::Resource::\"no-such-db\");\n\
+         permit (principal, action == Enforcer::Action::\"sql:drop\", resource);\n",
+    );
+    let find = |needle: &str| {
+        errors
+            .iter()
+            .find(|e| e.contains(needle))
+            .unwrap_or_else(|| panic!("no error about {needle:?} in {errors:?}"))
+            .clone()
+    };
+    assert!(find("did you mean `access`").starts_with("g.cedar:3:"));
+    assert!(find("@approval(\"maybe\")").starts_with("g.cedar:5:1:"));
+    assert!(find("@max_ttl(\"forever\")").starts_with("g.cedar:6:1:"));
+    assert!(find("unknown annotation @colour").starts_with("g.cedar:7:1:"));
+    assert!(find("hasTag").starts_with("g.cedar:9:"));
+    assert!(find("\"no-such-db\" is not defined").starts_with("g.cedar:11:"));
+    assert!(find("sql:drop").starts_with("g.cedar:12:"));
+}
+
+#[test]
+fn duplicate_policy_ids_are_refused() {
+    let errors = cedar_errors(
+        "@id(\"a\") permit (principal, action, resource);\n@id(\"a\") forbid (principal, action, resource);\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("g.cedar:2:1: duplicate policy id \"a\": already used at g.cedar:1"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn cedar_decides_with_obligations_and_names_the_deciders() {
+    let policy = with_cedar(
+        "@id(\"acme-writes\")\n@approval(\"required\")\n@max_ttl(\"15m\")\n\
+         permit (principal, action == Enforcer::Action::\"grant:request\", resource == Enforcer::Resource::\"orders-db\")\n\
+         when { context.access == \"write\" && principal.hasTag(\"repository\") && principal.getTag(\"repository\") like \"acme/*\" };\n\
+         @max_ttl(\"10m\")\n\
+         permit (principal, action == Enforcer::Action::\"grant:request\", resource) when { context.access == \"write\" };\n\
+         @id(\"no-ddl\")\n\
+         forbid (principal, action, resource) when { context has access && context.access == \"ddl\" };\n",
+    )
+    .expect("valid");
+    let orders = &policy.resources[0];
+    let ask = |access: &str| serde_json::json!({"access": access, "ttl_secs": 60, "uses": 0, "reason": "r"});
+    let mut acme = Principal::local();
+    acme.name = "ci:acme".into();
+    acme.tags.insert("repository".into(), "acme/shop".into());
+    let d = policy
+        .authz
+        .decide(&acme, "grant:request", orders, ask("write"))
+        .expect("decide");
+    assert!(d.allowed && d.approval_required);
+    assert_eq!(d.policies, ["acme-writes", "g.cedar:6"]);
+    assert_eq!(d.max_ttl, Some(Duration::from_secs(600)));
+    // Without the claim only the unannotated permit applies: no approval.
+    let d = policy
+        .authz
+        .decide(&Principal::local(), "grant:request", orders, ask("write"))
+        .expect("decide");
+    assert!(d.allowed && !d.approval_required);
+    let d = policy
+        .authz
+        .decide(&acme, "grant:request", orders, ask("ddl"))
+        .expect("decide");
+    assert!(!d.allowed);
+    assert_eq!(d.explain(), "forbidden by no-ddl");
+    let d = policy
+        .authz
+        .decide(&acme, "grant:request", orders, ask("read"))
+        .expect("decide");
+    assert_eq!(d.explain(), "no policy permits it");
+    assert!(
+        policy
+            .authz
+            .decide(
+                &acme,
+                "grant:request",
+                orders,
+                serde_json::json!({"access": 1})
+            )
+            .is_err()
+    );
+    assert!(
+        policy
+            .authz
+            .decide(&acme, "sql:drop", orders, serde_json::json!({}))
+            .is_err()
+    );
+}
+
+#[test]
+fn approvals_and_grants_sections_are_validated() {
+    let errors = errors(
+        "approvals:\n  timeout: soon\n  webhook: http://example.com/hook\ngrants:\n  default_ttl: 2h\n  max_ttl: 1h\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "p.yaml:2:12: approval timeout \"soon\" is not a duration like \"90s\", \"15m\" or \"2h\"",
+            "p.yaml:3:12: webhook \"http://example.com/hook\" must use https (http only to a loopback host)",
+            "p.yaml:5:3: grants: default_ttl is longer than max_ttl",
+        ]
+    );
 }
