@@ -97,7 +97,7 @@ fn field(text: &str, key: &str) -> Result<f64> {
 }
 
 pub fn run(only: &[String]) -> Result<()> {
-    const KINDS: [&str; 4] = ["connect", "latency", "throughput", "memory"];
+    const KINDS: [&str; 5] = ["connect", "latency", "throughput", "memory", "grants"];
     if let Some(bad) = only.iter().find(|o| !KINDS.contains(&o.as_str())) {
         bail!(
             "unknown measurement {bad:?}; choose from {}",
@@ -114,6 +114,8 @@ pub fn run(only: &[String]) -> Result<()> {
         "enforcer",
         "--example",
         "bench_client",
+        "--example",
+        "bench_grants",
     ]))?;
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -124,6 +126,16 @@ pub fn run(only: &[String]) -> Result<()> {
     let client = dir.join("bench_client");
     std::fs::copy(target.join("release/examples/bench_client"), &client)?;
     let wanted = |kind: &str| only.is_empty() || only.iter().any(|o| o == kind);
+    if wanted("grants") {
+        grants(&target.join("release/examples/bench_grants"))?;
+    }
+    let network = ["connect", "latency", "throughput", "memory"]
+        .iter()
+        .any(|k| wanted(k));
+    if !network {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let result = bench(
         Bench {
             enforcer: target.join("release/enforcer"),
@@ -313,4 +325,33 @@ fn rss_in(b: &Bench, sink: SocketAddr, cgroup: &Path) -> Result<(f64, f64)> {
     let _ = daemon.kill();
     let _ = daemon.wait();
     Ok((idle, loaded))
+}
+
+/// The grant path, measured in-process on the default store (see examples/bench_grants.rs).
+fn grants(program: &Path) -> Result<()> {
+    eprintln!("bench: grants (Cedar decisions, grant checks, issuance, approval round trip)");
+    let text = output(&mut Command::new(program))?;
+    let f = |key: &str| field(&text, key);
+    println!("\n| grant path | p50 | p99 / rate | target | met |");
+    println!("|---|---:|---:|---|---|");
+    let (d50, d99) = (f("decision_p50_us")?, f("decision_p99_us")?);
+    println!("| Cedar decision (grant:request, 3 policies) | {d50:.1} µs | {d99:.1} µs | - | - |");
+    let (c50, c99) = (f("check_p50_us")?, f("check_p99_us")?);
+    println!(
+        "| grant check, hot path (uncounted grant) | {c50:.2} µs | {c99:.2} µs | <= 10 µs p50 | {} |",
+        if c50 <= 10.0 { "yes" } else { "NO" }
+    );
+    println!(
+        "| grant check, counted grant (takes a use in the store) | {:.0} µs | - | - | - |",
+        f("counted_check_p50_us")?
+    );
+    println!(
+        "| grant issuance (auto-approved, stored + audited) | - | {:.0} /s | - | - |",
+        f("issued_per_sec")?
+    );
+    println!(
+        "| approval round trip (request → approve → waiter released) | {:.0} µs | - | - | - |",
+        f("approval_round_trip_p50_us")?
+    );
+    Ok(())
 }

@@ -44,7 +44,8 @@ enum Cmd {
     Demo,
     /// Run the redirect suite inside Debian's 6.1 kernel under qemu (software emulation).
     VmTest,
-    /// Measure connect rate, proxy setup latency, relay throughput and memory; print a table.
+    /// Measure connect rate, proxy setup latency, relay throughput, memory and the grant path
+    /// (decisions, checks, issuance, approvals); print tables.
     Bench {
         /// Only these measurements (connect, latency, throughput, memory); default all.
         only: Vec<String>,

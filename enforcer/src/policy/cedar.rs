@@ -4,7 +4,14 @@
 //! `@approval("required")` and `@max_ttl("15m")`. Policies are named by `@id("…")`, or by
 //! `file:line` when they have none, and those names appear in every decision.
 
-use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, sync::OnceLock, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
@@ -108,7 +115,14 @@ pub struct Authz {
     policies: PolicySet,
     /// Per policy id: (file, line) and the obligations it carries.
     info: BTreeMap<String, PolicyInfo>,
+    /// Entities already built, by (principal, resource): building them is most of the cost
+    /// of a decision, and an enforcer decides for the same few again and again.
+    entities: Arc<Mutex<EntityCache>>,
 }
+
+type EntityCache = HashMap<(String, String), (Principal, String, Arc<Entities>)>;
+/// Entries kept before the cache starts over (bounded memory, whatever the callers).
+const ENTITY_CACHE: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PolicyInfo {
@@ -122,6 +136,7 @@ impl Default for Authz {
         Authz {
             policies: PolicySet::new(),
             info: BTreeMap::new(),
+            entities: Arc::default(),
         }
     }
 }
@@ -338,6 +353,7 @@ impl CedarLoader {
             Some(Authz {
                 policies,
                 info: std::mem::take(&mut self.info),
+                entities: Arc::default(),
             })
         } else {
             None
@@ -357,6 +373,46 @@ fn line_col(text: &str, offset: usize) -> (u64, u64) {
     let line = before.matches('\n').count() as u64 + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
     (line, column)
+}
+
+/// A context enforcer built itself, converted directly: Cedar's JSON reader tries several
+/// interpretations of every value (entity references, extension calls) and was the largest
+/// cost of a decision.
+fn trusted_context(context: serde_json::Value) -> Result<Context, AuthzError> {
+    fn value(v: serde_json::Value) -> Result<RestrictedExpression, AuthzError> {
+        Ok(match v {
+            serde_json::Value::String(s) => RestrictedExpression::new_string(s),
+            serde_json::Value::Bool(b) => RestrictedExpression::new_bool(b),
+            serde_json::Value::Number(n) => RestrictedExpression::new_long(
+                n.as_i64()
+                    .ok_or_else(|| AuthzError::Request(format!("{n} is not a Long")))?,
+            ),
+            serde_json::Value::Array(items) => RestrictedExpression::new_set(
+                items
+                    .into_iter()
+                    .map(value)
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            serde_json::Value::Object(fields) => RestrictedExpression::new_record(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, value(v)?)))
+                    .collect::<Result<Vec<_>, AuthzError>>()?,
+            )
+            .map_err(|e| AuthzError::Request(e.to_string()))?,
+            serde_json::Value::Null => {
+                return Err(AuthzError::Request("null has no Cedar value".into()));
+            }
+        })
+    }
+    let serde_json::Value::Object(fields) = context else {
+        return Err(AuthzError::Request("the context is not an object".into()));
+    };
+    let pairs = fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, value(v)?)))
+        .collect::<Result<Vec<_>, AuthzError>>()?;
+    Context::from_pairs(pairs).map_err(|e| AuthzError::Request(e.to_string()))
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, AuthzError> {
@@ -381,13 +437,38 @@ impl Authz {
     }
 
     /// Decides `action` by `principal` on `resource` with a JSON `context` object that must
-    /// fit the action's context type in the schema.
+    /// fit the action's context type in the schema (checked: the context may come from a
+    /// person, as in `enforcer policy explain`).
     pub fn decide(
         &self,
         principal: &Principal,
         action_name: &str,
         resource: &Resource,
         context: serde_json::Value,
+    ) -> Result<Decision, AuthzError> {
+        self.decide_with(principal, action_name, resource, context, true)
+    }
+
+    /// [`decide`] for contexts enforcer builds itself, which fit the schema by construction
+    /// (and the policies were validated against it at load): skips re-validating the
+    /// request and entities, which is most of the cost of a decision.
+    pub fn decide_trusted(
+        &self,
+        principal: &Principal,
+        action_name: &str,
+        resource: &Resource,
+        context: serde_json::Value,
+    ) -> Result<Decision, AuthzError> {
+        self.decide_with(principal, action_name, resource, context, false)
+    }
+
+    fn decide_with(
+        &self,
+        principal: &Principal,
+        action_name: &str,
+        resource: &Resource,
+        context: serde_json::Value,
+        validate: bool,
     ) -> Result<Decision, AuthzError> {
         let schema = schema();
         let action_uid = action(action_name)?;
@@ -396,52 +477,17 @@ impl Authz {
         }
         let principal_uid = uid("Enforcer::Workload", &principal.name)?;
         let resource_uid = uid("Enforcer::Resource", &resource.name)?;
-        let workload = Entity::new_with_tags(
-            principal_uid.clone(),
-            [
-                (
-                    "principal".to_owned(),
-                    RestrictedExpression::new_string(principal.name.clone()),
-                ),
-                (
-                    "provider".to_owned(),
-                    RestrictedExpression::new_string(principal.provider.clone()),
-                ),
-                (
-                    "subject".to_owned(),
-                    RestrictedExpression::new_string(principal.subject.clone()),
-                ),
-            ],
-            [],
-            principal
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
-        )
-        .map_err(|e| AuthzError::Entities(e.to_string()))?;
-        let target = Entity::new_with_tags(
-            resource_uid.clone(),
-            [(
-                "protocol".to_owned(),
-                RestrictedExpression::new_string(resource.protocol.as_str().to_owned()),
-            )],
-            [],
-            [],
-        )
-        .map_err(|e| AuthzError::Entities(e.to_string()))?;
-        let entities = Entities::from_entities([workload, target], Some(schema))
-            .map_err(|e| AuthzError::Entities(e.to_string()))?;
-        let context = Context::from_json_value(context, Some((schema, &action_uid)))
+        let entities = self.entities(principal, resource, validate)?;
+        let checked = validate.then_some(schema);
+        let context = if validate {
+            Context::from_json_value(context, Some((schema, &action_uid)))
+                .map_err(|e| AuthzError::Request(e.to_string()))?
+        } else {
+            trusted_context(context)?
+        };
+        let request = Request::new(principal_uid, action_uid, resource_uid, context, checked)
             .map_err(|e| AuthzError::Request(e.to_string()))?;
-        let request = Request::new(
-            principal_uid,
-            action_uid,
-            resource_uid,
-            context,
-            Some(schema),
-        )
-        .map_err(|e| AuthzError::Request(e.to_string()))?;
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &entities);
+        let response = Authorizer::new().is_authorized(&request, &self.policies, entities.as_ref());
         let allowed = response.decision() == CedarDecision::Allow;
         let mut policies: Vec<String> = response
             .diagnostics()
@@ -473,6 +519,81 @@ impl Authz {
             max_ttl,
             errors,
         })
+    }
+
+    fn entities(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+        validate: bool,
+    ) -> Result<Arc<Entities>, AuthzError> {
+        let key = (principal.name.clone(), resource.name.clone());
+        let protocol = resource.protocol.as_str();
+        if !validate {
+            let cache = match self.entities.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            if let Some((p, proto, entities)) = cache.get(&key)
+                && p == principal
+                && proto == protocol
+            {
+                return Ok(Arc::clone(entities));
+            }
+        }
+        let workload = Entity::new_with_tags(
+            uid("Enforcer::Workload", &principal.name)?,
+            [
+                (
+                    "principal".to_owned(),
+                    RestrictedExpression::new_string(principal.name.clone()),
+                ),
+                (
+                    "provider".to_owned(),
+                    RestrictedExpression::new_string(principal.provider.clone()),
+                ),
+                (
+                    "subject".to_owned(),
+                    RestrictedExpression::new_string(principal.subject.clone()),
+                ),
+            ],
+            [],
+            principal
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+        )
+        .map_err(|e| AuthzError::Entities(e.to_string()))?;
+        let target = Entity::new_with_tags(
+            uid("Enforcer::Resource", &resource.name)?,
+            [(
+                "protocol".to_owned(),
+                RestrictedExpression::new_string(protocol.to_owned()),
+            )],
+            [],
+            [],
+        )
+        .map_err(|e| AuthzError::Entities(e.to_string()))?;
+        let entities = Arc::new(
+            Entities::from_entities([workload, target], validate.then_some(schema()))
+                .map_err(|e| AuthzError::Entities(e.to_string()))?,
+        );
+        let mut cache = match self.entities.lock() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        if cache.len() >= ENTITY_CACHE {
+            cache.clear();
+        }
+        cache.insert(
+            key,
+            (
+                principal.clone(),
+                protocol.to_owned(),
+                Arc::clone(&entities),
+            ),
+        );
+        Ok(entities)
     }
 
     /// Where a policy is written (`file:line`).

@@ -123,6 +123,13 @@ impl Store {
                         sqlx::query("PRAGMA busy_timeout = 5000")
                             .execute(&mut *conn)
                             .await?;
+                        // In WAL mode NORMAL survives an enforcer crash and syncs at
+                        // checkpoints: FULL's fsync per commit capped issuance at ~100
+                        // grants/s here. A power cut may lose the last grants (they then
+                        // no longer work: fail closed); the audit log keeps its own fsync.
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
