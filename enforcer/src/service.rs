@@ -108,7 +108,12 @@ impl Service {
         // Everything that can fail on bad configuration fails before the kernel programs are
         // attached.
         let host = hostname();
-        let workload = format!("{host}/{}", cfg.workload);
+        let resume = cfg.mode == AttachMode::ResumeOrFresh
+            && crate::redirect::is_attached(&cfg.bpffs, &cfg.cgroup)?;
+        // A fresh attachment is a new workload (the next CI job in the same cgroup must not
+        // inherit the last one's grants); a resumed one (a restarted daemon) is the same.
+        let nonce = workload_nonce(&cfg.state_dir, &cfg.cgroup, resume)?;
+        let workload = format!("{host}/{}#{nonce}", cfg.workload);
         let location = StoreLocation::parse(cfg.store.as_deref(), &cfg.state_dir)?;
         let store = Store::open(&location).await?;
         let signer = GrantSigner::load_or_create(&cfg.state_dir)?;
@@ -122,8 +127,6 @@ impl Service {
             .transpose()
             .map_err(|e| ServiceError::Webhook(e.to_string()))?;
 
-        let resume = cfg.mode == AttachMode::ResumeOrFresh
-            && crate::redirect::is_attached(&cfg.bpffs, &cfg.cgroup)?;
         let (redirect, listeners) = if resume {
             let mut redirect = Redirect::resume(&cfg.bpffs, &cfg.cgroup)?;
             // Same port as before: the kernel programs already send the workload there.
@@ -182,13 +185,15 @@ impl Service {
         );
         let sweeper = tokio::spawn(sweep(Arc::clone(&grants)));
         let sessions = Arc::new(Sessions::default());
-        let router = admin::router(AdminState {
+        let state = AdminState {
             metrics: Arc::clone(&metrics),
             redirect: Arc::clone(&redirect),
             grants: Some(Arc::clone(&grants)),
             sessions: Arc::clone(&sessions),
             operator_token: Some(operator_token),
-        });
+        };
+        let workload_router = admin::workload_router(state.clone());
+        let router = admin::router(state);
         let proxy = Arc::new(Proxy::new(
             workload.clone(),
             cfg.identity,
@@ -200,7 +205,7 @@ impl Service {
             sessions,
             Some(AdminRoute {
                 addr: admin_addr,
-                router: router.clone(),
+                workload_router,
             }),
         ));
         let proxy_task = tokio::spawn(proxy.serve(listeners));
@@ -255,6 +260,27 @@ async fn sweep(grants: Arc<Grants>) {
             tracing::error!("grant and approval sweep failed: {e}");
         }
     }
+}
+
+/// The per-attachment part of the workload id, kept in the state directory by cgroup inode.
+fn workload_nonce(state_dir: &Path, cgroup: &Path, resume: bool) -> Result<String, ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |source| ServiceError::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    };
+    let inode = std::fs::metadata(cgroup).map_err(err)?.ino();
+    let path = state_dir.join(format!("workload-{inode}"));
+    if resume
+        && let Ok(kept) = std::fs::read_to_string(&path)
+        && kept.trim().len() == 16
+        && kept.trim().chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Ok(kept.trim().to_owned());
+    }
+    let nonce = hex::encode(rand::random::<[u8; 8]>());
+    std::fs::write(&path, &nonce).map_err(err)?;
+    Ok(nonce)
 }
 
 fn hostname() -> String {

@@ -135,16 +135,17 @@ async fn lifecycle(location: StoreLocation) {
         .token
         .expect("token for its owner");
     assert!(g.view(read.clone(), false).expect("view").token.is_none());
-    g.authorize_token(&token, Some(A), "orders-db", "read")
+    g.authorize_token(&token, &who(A), "orders-db", "read")
         .await
         .expect("A presents its token");
     assert!(matches!(
-        g.authorize_token(&token, Some(B), "orders-db", "read")
+        g.authorize_token(&token, &who(B), "orders-db", "read")
             .await,
         Err(GrantError::OtherWorkload)
     ));
     assert!(matches!(
-        g.authorize_token(&token, None, "orders-db", "write").await,
+        g.authorize_token(&token, &who(A), "orders-db", "write")
+            .await,
         Err(GrantError::OtherScope { .. })
     ));
 
@@ -154,7 +155,7 @@ async fn lifecycle(location: StoreLocation) {
         .expect("revoke");
     assert_eq!(g.authorize(A, "orders-db", "read").await.expect("r"), None);
     assert!(matches!(
-        g.authorize_token(&token, Some(A), "orders-db", "read")
+        g.authorize_token(&token, &who(A), "orders-db", "read")
             .await,
         Err(GrantError::NotActive { .. })
     ));
@@ -194,6 +195,27 @@ async fn lifecycle(location: StoreLocation) {
     );
     g.sweep().await.expect("sweep");
     assert_eq!(g.get(&short.id).await.expect("get").status, "expired");
+
+    // The reason reaches operators' terminals and chat: printable and bounded.
+    let mut sneaky = ask("read", None, None);
+    sneaky.reason = "ok\x1b[2K\rread only, promise".into();
+    assert!(matches!(
+        g.request(&who(A), sneaky).await,
+        Err(GrantError::BadReason)
+    ));
+    // Another principal in the same workload (a token stolen into it) cannot use the token.
+    let mut impostor = who(A);
+    impostor.principal.name = "ci:someone-else".into();
+    let fresh = g
+        .request(&who(A), ask("read", None, None))
+        .await
+        .expect("read");
+    let token = g.view(fresh, true).expect("view").token.expect("token");
+    assert!(matches!(
+        g.authorize_token(&token, &impostor, "orders-db", "read")
+            .await,
+        Err(GrantError::OtherWorkload)
+    ));
 
     // Forbidden, and limits.
     let denied = g.request(&who(A), ask("ddl", None, None)).await;
@@ -333,13 +355,13 @@ async fn grant_lifecycle_on_postgres_and_across_hosts() {
     // B never saw A's key except through the store; the last use goes through B.
     let last = b
         .grants
-        .authorize_token(&token, Some(A), "orders-db", "write")
+        .authorize_token(&token, &who(A), "orders-db", "write")
         .await
         .expect("B verifies A's token");
     assert_eq!(last.uses_left, Some(0));
     assert!(matches!(
         a.grants
-            .authorize_token(&token, Some(A), "orders-db", "write")
+            .authorize_token(&token, &who(A), "orders-db", "write")
             .await,
         Err(GrantError::NotActive { .. })
     ));

@@ -63,25 +63,30 @@ impl From<GrantError> for ApiError {
             GrantError::NotFound(_) => StatusCode::NOT_FOUND,
             GrantError::NotRevocable { .. } => StatusCode::CONFLICT,
             GrantError::Approval(a) => return ApiError::from_approval(a),
-            _ => {
-                tracing::error!("admin API: {e}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            GrantError::BadReason => StatusCode::BAD_REQUEST,
+            GrantError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            _ => return ApiError::internal(&e),
         };
         ApiError(status, e.to_string())
     }
 }
 
 impl ApiError {
+    /// Details go to the log, not to the caller (who may be the workload).
+    fn internal(e: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!("admin API: {e}");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see enforcer's log".into(),
+        )
+    }
+
     fn from_approval(e: &ApprovalError) -> ApiError {
         let status = match e {
             ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
             ApprovalError::AlreadyDecided { .. } => StatusCode::CONFLICT,
             ApprovalError::SelfApproval => StatusCode::FORBIDDEN,
-            _ => {
-                tracing::error!("admin API: {e}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            _ => return ApiError::internal(e),
         };
         ApiError(status, e.to_string())
     }
@@ -140,7 +145,12 @@ async fn list_grants(State(state): State<AdminState>, caller: Caller) -> ApiResu
     let grants = grants(&state)?;
     let rows = match &caller {
         Caller::Operator { .. } => grants.list(None).await?,
-        Caller::Workload(w) => grants.list(Some(&w.requester.workload)).await?,
+        Caller::Workload(w) => grants
+            .list(Some(&w.requester.workload))
+            .await?
+            .into_iter()
+            .filter(|g| owns(w, &g.workload, &g.principal))
+            .collect(),
         Caller::Anonymous => return Err(ApiError::operator_only()),
     };
     Ok(Json(rows).into_response())
@@ -152,9 +162,12 @@ async fn show_grant(
     Path(id): Path<String>,
 ) -> ApiResult {
     let grants = grants(&state)?;
+    if matches!(caller, Caller::Anonymous) {
+        return Err(ApiError::operator_only());
+    }
     let row = grants.get(&id).await?;
     let owner = match &caller {
-        Caller::Workload(w) if w.requester.workload == row.workload => true,
+        Caller::Workload(w) if owns(w, &row.workload, &row.principal) => true,
         // Another workload learns nothing, not even that the id exists.
         Caller::Workload(_) => return Err(GrantError::NotFound(id).into()),
         Caller::Operator { .. } => false,
@@ -181,7 +194,7 @@ async fn revoke_grant(
         Caller::Operator { .. } => {}
         Caller::Workload(w) => {
             let row = grants.get(&id).await?;
-            if row.workload != w.requester.workload {
+            if !owns(w, &row.workload, &row.principal) {
                 return Err(GrantError::NotFound(id).into());
             }
         }
@@ -205,14 +218,16 @@ async fn list_approvals(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let grants = grants(&state)?;
+    if matches!(caller, Caller::Anonymous) {
+        return Err(ApiError::operator_only());
+    }
     let rows = grants.approvals().list(!q.all).await?;
     let rows: Vec<_> = match &caller {
-        Caller::Operator { .. } => rows,
         Caller::Workload(w) => rows
             .into_iter()
-            .filter(|r| r.workload == w.requester.workload)
+            .filter(|r| owns(w, &r.workload, &r.principal))
             .collect(),
-        Caller::Anonymous => return Err(ApiError::operator_only()),
+        _ => rows,
     };
     Ok(Json(rows).into_response())
 }
@@ -223,10 +238,13 @@ async fn show_approval(
     Path(id): Path<String>,
 ) -> ApiResult {
     let grants = grants(&state)?;
+    if matches!(caller, Caller::Anonymous) {
+        return Err(ApiError::operator_only());
+    }
     let row = grants.approvals().get(&id).await?;
     match &caller {
         Caller::Operator { .. } => {}
-        Caller::Workload(w) if w.requester.workload == row.workload => {}
+        Caller::Workload(w) if owns(w, &row.workload, &row.principal) => {}
         Caller::Workload(_) => return Err(ApprovalError::NotFound(id).into()),
         Caller::Anonymous => return Err(ApiError::operator_only()),
     }
@@ -275,6 +293,11 @@ async fn decide(
         .decide(&id, approve, &caller.label(), reason.as_deref())
         .await?;
     Ok(Json(row).into_response())
+}
+
+/// A record belongs to the calling workload: same workload and same principal.
+fn owns(caller: &super::WorkloadCaller, workload: &str, principal: &str) -> bool {
+    caller.requester.workload == workload && caller.requester.principal.name == principal
 }
 
 async fn list_sessions(State(state): State<AdminState>, caller: Caller) -> ApiResult {

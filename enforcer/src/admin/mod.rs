@@ -71,6 +71,11 @@ pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()>
     axum::serve(listener, router).await
 }
 
+/// What the workload is served: the `/v1` API only, never with operator rights.
+pub fn workload_router(state: AdminState) -> Router {
+    Router::new().merge(api::routes()).with_state(state)
+}
+
 /// Serves one connection that came from inside the workload (through the proxy): every
 /// request on it carries `caller`, whatever headers it sends.
 pub async fn serve_workload(
@@ -79,7 +84,10 @@ pub async fn serve_workload(
     caller: WorkloadCaller,
 ) -> Result<(), hyper::Error> {
     let service = hyper_util::service::TowerToHyperService::new(router.layer(Extension(caller)));
+    // The workload may hold connections open: a header that never ends is cut off.
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await
 }

@@ -129,7 +129,6 @@ impl Approvals {
             host: self.host.clone(),
         };
         self.store.insert_approval(&row).await?;
-        self.metrics.approvals_pending.inc();
         self.audit("requested", &row, None, None).await?;
         if let Some(hook) = &self.webhook {
             hook.announce(&row);
@@ -176,6 +175,27 @@ impl Approvals {
             });
         }
         self.decided(&row).await?;
+        Ok(row)
+    }
+
+    /// The request was withdrawn (its grant revoked): nobody needs to decide any more. Not a
+    /// decision, so not attributed to anyone's approval or denial.
+    pub async fn withdraw(&self, id: &str, why: &str) -> Result<ApprovalRow, ApprovalError> {
+        if !self
+            .store
+            .decide_approval(id, "withdrawn", "enforcer", Some(why), now_ms())
+            .await?
+        {
+            let row = self.get(id).await?;
+            return Err(ApprovalError::AlreadyDecided {
+                id: id.to_owned(),
+                status: row.status,
+            });
+        }
+        let row = self.get(id).await?;
+        self.audit("withdrawn", &row, None, Some(why.to_owned()))
+            .await?;
+        self.changed.notify_waiters();
         Ok(row)
     }
 
@@ -253,7 +273,6 @@ impl Approvals {
                 outcome: row.status.clone(),
             })
             .observe(waited.max(0) as f64 / 1000.0);
-        self.metrics.approvals_pending.dec();
         self.audit(&row.status, row, row.decided_by.clone(), row.reason.clone())
             .await?;
         self.changed.notify_waiters();

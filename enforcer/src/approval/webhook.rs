@@ -11,6 +11,18 @@ use crate::store::ApprovalRow;
 pub struct Webhook {
     url: String,
     client: reqwest::Client,
+    /// Announcements in flight; beyond it new ones are dropped (and logged) rather than
+    /// piling up tasks and connections.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+const IN_FLIGHT: usize = 8;
+
+/// Slack's mrkdwn control characters: workload text must not become mentions or links.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 impl Webhook {
@@ -19,7 +31,11 @@ impl Webhook {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Webhook { url, client })
+        Ok(Webhook {
+            url,
+            client,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+        })
     }
 
     /// Posts in the background: a slow or failing webhook never holds up the request (the
@@ -28,19 +44,33 @@ impl Webhook {
         let body = json!({
             "text": format!(
                 "enforcer: approval {} requested by {} ({}) on {}: {}. Decide with `enforcer approvals approve {}` or `deny {} --reason …`",
-                row.id, row.principal, row.workload, row.resource, row.summary, row.id, row.id
+                row.id,
+                escape(&row.principal),
+                escape(&row.workload),
+                escape(&row.resource),
+                escape(&row.summary),
+                row.id,
+                row.id
             ),
             "approval": row,
         });
         let hook = self.clone();
         let id = row.id.clone();
+        let Ok(permit) = std::sync::Arc::clone(&self.in_flight).try_acquire_owned() else {
+            tracing::warn!(approval = %id, "approval webhook busy: announcement dropped (the request is pending all the same)");
+            return;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             match hook.client.post(&hook.url).json(&body).send().await {
                 Ok(resp) if resp.status().is_success() => {}
                 Ok(resp) => {
                     tracing::warn!(approval = %id, status = %resp.status(), "approval webhook refused the announcement")
                 }
-                Err(e) => tracing::warn!(approval = %id, "approval webhook failed: {e}"),
+                // The URL is a secret (Slack's are): never in the log.
+                Err(e) => {
+                    tracing::warn!(approval = %id, "approval webhook failed: {}", e.without_url())
+                }
             }
         });
     }

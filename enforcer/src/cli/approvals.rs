@@ -5,7 +5,7 @@ use enforcer::store::ApprovalRow;
 use serde_json::json;
 
 use super::{
-    client::{Client, ClientArgs, time},
+    client::{Client, ClientArgs, clean, time},
     grant::path_segment,
 };
 
@@ -68,8 +68,8 @@ pub fn run(cmd: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                             a.status,
                             time(a.requested_at),
                             time(a.deadline),
-                            a.principal,
-                            a.summary
+                            clean(&a.principal),
+                            clean(&a.summary)
                         );
                     }
                 }
@@ -97,6 +97,11 @@ async fn decide(
             &json!({ "reason": reason }),
         )
         .await?;
-    println!("approval {} {}: {}", row.id, row.status, row.summary);
+    println!(
+        "approval {} {}: {}",
+        row.id,
+        row.status,
+        clean(&row.summary)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        if !args.admin.ip().is_loopback() {
+            bail!(
+                "--admin {} is not a loopback address; the admin API only listens on loopback",
+                args.admin
+            );
+        }
         let path = args
             .state
             .join(enforcer::admin::caller::OPERATOR_TOKEN_FILE);
@@ -110,6 +116,20 @@ impl Client {
         }
         serde_json::from_slice(&body).context("the admin API answered something unexpected")
     }
+}
+
+/// Text that came from a workload or a token, made safe to print: control characters
+/// (escape sequences, carriage returns, fake newlines) are shown escaped.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// Unix milliseconds as RFC 3339 (UTC).

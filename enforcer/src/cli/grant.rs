@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use enforcer::{grant::GrantView, store::GrantRow};
 use serde_json::json;
 
-use super::client::{ApiFailure, Client, ClientArgs, time};
+use super::client::{ApiFailure, Client, ClientArgs, clean, time};
 
 /// Just-in-time grants: elevated access to one resource, for a while.
 ///
@@ -202,7 +202,7 @@ fn describe(g: &GrantRow) -> String {
             g.id,
             g.decision_reason
                 .as_deref()
-                .map_or(String::new(), |r| format!(": {r}"))
+                .map_or(String::new(), |r| format!(": {}", clean(r)))
         ),
     }
 }
@@ -221,8 +221,8 @@ fn print_table(rows: &[GrantRow]) {
             g.access,
             g.expires_at.map_or_else(|| "-".into(), time),
             g.uses_left.map_or_else(|| "-".into(), |u| u.to_string()),
-            g.workload,
-            g.reason
+            clean(&g.workload),
+            clean(&g.reason)
         );
     }
 }

@@ -32,7 +32,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         resource: String,
         /// The request context as a JSON object; fields left out take neutral defaults
-        /// (grant:request: access "read", ttl_secs 900, uses 0, reason "").
+        /// (grant:request: access "read", ttl_secs 900, uses unlimited, reason "").
         #[arg(long, default_value = "{}")]
         context: String,
     },
@@ -126,7 +126,7 @@ fn explain(
     };
     let defaults = match action {
         "grant:request" => {
-            serde_json::json!({"access": "read", "ttl_secs": 900, "uses": 0, "reason": ""})
+            serde_json::json!({"access": "read", "ttl_secs": 900, "uses": i64::MAX, "reason": ""})
         }
         a if a.starts_with("sql:") => {
             serde_json::json!({"tables": [], "statement": "", "grant": ""})

@@ -34,6 +34,12 @@ use crate::{
 
 /// How often the in-memory view of active grants is re-read from the store.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// The requester's reason is shown to operators and posted to chat: bounded, printable.
+pub const MAX_REASON: usize = 500;
+/// Pending requests one workload may have at once (each one pings the approvers).
+pub const MAX_PENDING: i64 = 5;
+/// Grant requests one workload may make per minute.
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -57,6 +63,12 @@ pub enum GrantError {
     },
     #[error("a reason is required: say what the grant is for")]
     NoReason,
+    #[error(
+        "the reason must be at most {MAX_REASON} characters of printable text (no control characters)"
+    )]
+    BadReason,
+    #[error("too many requests: {0}")]
+    TooMany(String),
     #[error("--uses must be at least 1")]
     NoUses,
     #[error("ttl {asked} exceeds the longest allowed, {limit}")]
@@ -137,6 +149,10 @@ pub struct Grants {
     /// workload → resource → access → its active grants, for the workloads this enforcer
     /// serves. Nested maps so a lookup by `&str` allocates nothing.
     active: RwLock<HashMap<String, ActiveGrants>>,
+    /// Grants revoked or used up on this host (see [`Grants::tombstone`]).
+    ended: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// workload → (minute, requests in it).
+    requests: std::sync::Mutex<HashMap<String, (i64, u32)>>,
 }
 
 impl Grants {
@@ -168,6 +184,8 @@ impl Grants {
                     .map(|w| (w.clone(), ActiveGrants::new()))
                     .collect(),
             ),
+            ended: Default::default(),
+            requests: Default::default(),
         };
         grants.refresh().await?;
         Ok(grants)
@@ -201,6 +219,11 @@ impl Grants {
         if reason.is_empty() {
             return Err(GrantError::NoReason);
         }
+        // Operators read it in a terminal and in chat: no escape sequences, no fake lines.
+        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(GrantError::BadReason);
+        }
+        self.rate_limit(&who.workload)?;
         if req.uses == Some(0) {
             return Err(GrantError::NoUses);
         }
@@ -215,7 +238,8 @@ impl Grants {
         let context = serde_json::json!({
             "access": req.access,
             "ttl_secs": ttl.as_secs(),
-            "uses": req.uses.unwrap_or(0),
+            // Unlimited is the largest number, so "at most N uses" policies refuse it.
+            "uses": req.uses.map_or(i64::MAX, i64::from),
             "reason": reason,
         });
         let decision =
@@ -273,9 +297,14 @@ impl Grants {
             return Err(GrantError::Denied(why));
         }
         if decision.approval_required {
+            if self.store.pending_approvals_of(&row.workload).await? >= MAX_PENDING {
+                return Err(GrantError::TooMany(format!(
+                    "{MAX_PENDING} requests of this workload already wait for approval"
+                )));
+            }
             row.approval_id = Some(new_id("a"));
             self.store.insert_grant(&row).await?;
-            let approval = self
+            let opened = self
                 .approvals
                 .open(NewApproval {
                     id: row.approval_id.clone().unwrap_or_default(),
@@ -293,7 +322,22 @@ impl Grants {
                     principal: row.principal.clone(),
                     resource: row.resource.clone(),
                 })
-                .await?;
+                .await;
+            let approval = match opened {
+                Ok(approval) => approval,
+                Err(e) => {
+                    // Nothing would ever decide it: the request fails closed.
+                    let _ = self
+                        .store
+                        .deny_grant(
+                            &row.id,
+                            "enforcer",
+                            Some("the approval request could not be stored"),
+                        )
+                        .await;
+                    return Err(e.into());
+                }
+            };
             self.metrics.grant_event("pending");
             self.audit(
                 "pending",
@@ -310,14 +354,22 @@ impl Grants {
         }
         row.status = "active".into();
         row.issued_at = Some(row.requested_at);
-        row.expires_at = Some(row.requested_at + row.ttl_ms);
+        row.expires_at = Some(row.requested_at.saturating_add(row.ttl_ms));
         row.decided_by = Some("policy".into());
+        // Recorded before it exists: a grant nobody can find in the audit trail never works.
+        self.issued_audit(&row).await?;
         self.store.insert_grant(&row).await?;
-        self.issued(&row).await?;
+        self.cache(&row, true);
         Ok(row)
     }
 
     async fn issued(&self, row: &GrantRow) -> Result<(), GrantError> {
+        self.issued_audit(row).await?;
+        self.cache(row, true);
+        Ok(())
+    }
+
+    async fn issued_audit(&self, row: &GrantRow) -> Result<(), GrantError> {
         self.metrics.grant_event("issued");
         let detail = format!(
             "ttl {}{}",
@@ -327,7 +379,6 @@ impl Grants {
         );
         self.audit("issued", row, row.decided_by.clone(), Some(detail))
             .await?;
-        self.cache(row, true);
         Ok(())
     }
 
@@ -436,8 +487,10 @@ impl Grants {
                 status: row.status,
             });
         }
+        // Stops working here at once (also against a refresh already in flight); elsewhere
+        // within REFRESH.
+        self.tombstone(id);
         let row = self.get(id).await?;
-        // Stops working here at once; elsewhere within REFRESH.
         self.cache(&row, false);
         self.metrics.grant_event("revoked");
         self.audit(
@@ -452,7 +505,7 @@ impl Grants {
             // Already decided is fine: then nothing waits.
             let _ = self
                 .approvals
-                .decide(approval, false, by, Some("grant revoked"))
+                .withdraw(approval, &format!("grant revoked by {by}"))
                 .await;
         }
         Ok(row)
@@ -466,44 +519,49 @@ impl Grants {
         resource: &str,
         access: &str,
     ) -> Result<Option<GrantUse>, GrantError> {
-        let Some(found) = self.find_active(workload, resource, access, now_ms()) else {
-            return Ok(None);
-        };
-        if !found.counted {
+        let candidates = self.find_active(workload, resource, access, now_ms());
+        // Uncounted grants first: they cost nothing to use.
+        if let Some(free) = candidates.iter().find(|g| !g.counted) {
             return Ok(Some(GrantUse {
-                grant: found.id,
+                grant: free.id.clone(),
                 uses_left: None,
             }));
         }
-        self.take_use(&found.id).await
+        for counted in candidates {
+            // Used up elsewhere since our last refresh: try the next one.
+            if let Some(used) = self.take_use(&counted.id).await? {
+                return Ok(Some(used));
+            }
+        }
+        Ok(None)
     }
 
     /// The lock-free part of [`authorize`]: an uncounted active grant, or a counted one to take
     /// a use of.
-    fn find_active(
-        &self,
-        workload: &str,
-        resource: &str,
-        access: &str,
-        now: i64,
-    ) -> Option<Active> {
+    fn find_active(&self, workload: &str, resource: &str, access: &str, now: i64) -> Vec<Active> {
         let active = match self.active.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         active
-            .get(workload)?
-            .get(resource)?
-            .get(access)?
-            .iter()
-            .find(|g| g.expires_at > now)
-            .cloned()
+            .get(workload)
+            .and_then(|w| w.get(resource))
+            .and_then(|r| r.get(access))
+            .map(|grants| {
+                grants
+                    .iter()
+                    .filter(|g| g.expires_at > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn take_use(&self, id: &str) -> Result<Option<GrantUse>, GrantError> {
         match self.store.consume_use(id, now_ms()).await? {
             Some(left) => {
                 if left == 0 {
+                    self.tombstone(id);
                     let row = self.get(id).await?;
                     self.cache(&row, false);
                     self.metrics.grant_event("used_up");
@@ -530,7 +588,7 @@ impl Grants {
     pub async fn authorize_token(
         &self,
         token_text: &str,
-        presenter: Option<&str>,
+        presenter: &Requester,
         resource: &str,
         access: &str,
     ) -> Result<GrantUse, GrantError> {
@@ -542,9 +600,7 @@ impl Grants {
             },
             None => self.signer.verify(token_text)?,
         };
-        if let Some(workload) = presenter
-            && workload != claims.wl
-        {
+        if presenter.workload != claims.wl || presenter.principal.name != claims.sub {
             return Err(GrantError::OtherWorkload);
         }
         if claims.resource != resource || claims.access != access {
@@ -604,6 +660,20 @@ impl Grants {
         }
     }
 
+    /// Remembers a grant that ended here, so a refresh that read the store just before cannot
+    /// bring it back.
+    fn tombstone(&self, id: &str) {
+        let mut ended = match self.ended.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        // Bounded: the store itself says "not active" to every refresh after the next.
+        if ended.len() >= 4096 {
+            ended.clear();
+        }
+        ended.insert(id.to_owned());
+    }
+
     /// Re-reads the active grants of every served workload.
     pub async fn refresh(&self) -> Result<(), GrantError> {
         let served: Vec<String> = match self.active.read() {
@@ -619,7 +689,14 @@ impl Grants {
     async fn refresh_workload(&self, workload: &str) -> Result<(), GrantError> {
         let rows = self.store.active_grants(workload, now_ms()).await?;
         let mut fresh = ActiveGrants::new();
+        let ended = match self.ended.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
         for r in rows {
+            if ended.contains(&r.id) {
+                continue;
+            }
             fresh
                 .entry(r.resource)
                 .or_default()
@@ -643,17 +720,59 @@ impl Grants {
 
     /// Times out overdue approvals (denying their grants) and expires grants past their TTL.
     pub async fn sweep(&self) -> Result<(), GrantError> {
-        self.approvals.sweep().await?;
+        // Every step runs whatever the others did: one bad row must not stop revocations from
+        // other hosts reaching this one.
+        let mut first_error = None;
+        let mut note = |r: Result<(), GrantError>| {
+            if let Err(e) = r {
+                tracing::error!("grant sweep: {e}");
+                first_error.get_or_insert(e);
+            }
+        };
+        note(self.approvals.sweep().await.map(drop).map_err(Into::into));
         // Also catches decisions whose grant side was never applied (a waiter timed the
         // approval out, or a host died between the two updates).
-        for approval in self.store.unapplied_grant_decisions().await? {
-            self.approval_decided(&approval).await?;
+        match self.store.unapplied_grant_decisions().await {
+            Ok(decided) => {
+                for approval in decided {
+                    note(self.approval_decided(&approval).await);
+                }
+            }
+            Err(e) => note(Err(e.into())),
         }
-        for row in self.store.expire_grants(now_ms()).await? {
-            self.metrics.grant_event("expired");
-            self.audit("expired", &row, None, None).await?;
+        match self.store.expire_grants(now_ms()).await {
+            Ok(expired) => {
+                for row in expired {
+                    self.metrics.grant_event("expired");
+                    note(self.audit("expired", &row, None, None).await);
+                }
+            }
+            Err(e) => note(Err(e.into())),
         }
-        self.refresh().await
+        note(self.refresh().await);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn rate_limit(&self, workload: &str) -> Result<(), GrantError> {
+        let minute = now_ms() / 60_000;
+        let mut requests = match self.requests.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let slot = requests.entry(workload.to_owned()).or_insert((minute, 0));
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        slot.1 += 1;
+        if slot.1 > MAX_REQUESTS_PER_MINUTE {
+            return Err(GrantError::TooMany(format!(
+                "more than {MAX_REQUESTS_PER_MINUTE} grant requests in a minute"
+            )));
+        }
+        Ok(())
     }
 
     async fn audit(

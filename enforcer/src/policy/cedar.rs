@@ -91,6 +91,12 @@ pub struct Decision {
 impl Decision {
     /// Why, in one phrase naming the deciding policies.
     pub fn explain(&self) -> String {
+        if !self.errors.is_empty() {
+            return format!(
+                "denied because a policy failed to evaluate: {}",
+                self.errors.join("; ")
+            );
+        }
         match (self.allowed, self.policies.is_empty()) {
             (true, _) => format!("permitted by {}", self.policies.join(", ")),
             (false, true) => "no policy permits it".into(),
@@ -488,18 +494,20 @@ impl Authz {
         let request = Request::new(principal_uid, action_uid, resource_uid, context, checked)
             .map_err(|e| AuthzError::Request(e.to_string()))?;
         let response = Authorizer::new().is_authorized(&request, &self.policies, entities.as_ref());
-        let allowed = response.decision() == CedarDecision::Allow;
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        // Cedar skips a policy that fails to evaluate; a forbid that failed must not turn
+        // into a permit, so any evaluation error denies.
+        let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
         let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
             .map(ToString::to_string)
             .collect();
         policies.sort();
-        let errors = response
-            .diagnostics()
-            .errors()
-            .map(ToString::to_string)
-            .collect();
         let mut approval_required = false;
         let mut max_ttl: Option<Duration> = None;
         if allowed {

@@ -370,7 +370,16 @@ impl Validator {
     }
 
     fn duration(&mut self, text: &Spanned<String>, what: &str) -> Option<Duration> {
+        // Bounded so that times in milliseconds never overflow anywhere downstream.
+        const LONGEST: Duration = Duration::from_secs(30 * 24 * 3600);
         match humantime::parse_duration(text.value.trim()) {
+            Ok(d) if d > LONGEST => {
+                self.error(
+                    text.referenced,
+                    format!("{what} {:?} is longer than the 30 days allowed", text.value),
+                );
+                None
+            }
             Ok(d) if !d.is_zero() => Some(d),
             _ => {
                 self.error(

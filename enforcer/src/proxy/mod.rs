@@ -45,7 +45,8 @@ pub enum ProxyError {
 /// Where the admin API listens, and the router that serves it to the workload.
 pub struct AdminRoute {
     pub addr: SocketAddr,
-    pub router: axum::Router,
+    /// `/v1` only: the workload has no business with metrics or health.
+    pub workload_router: axum::Router,
 }
 
 /// Everything a connection task needs.
@@ -195,9 +196,12 @@ impl Proxy {
                 },
             };
         }
+        // Any loopback or unspecified address on the admin port reaches the admin listener
+        // (connect(0.0.0.0:P) lands on 127.0.0.1:P): all of them are the workload calling.
+        let dst = crate::policy::canonical_addr(conn.orig_dst);
         if let Some(admin) = &self.admin
-            && crate::policy::canonical_addr(admin.addr)
-                == crate::policy::canonical_addr(conn.orig_dst)
+            && dst.port() == admin.addr.port()
+            && (dst.ip().is_loopback() || dst.ip().is_unspecified())
         {
             return Route {
                 target: RouteTarget::Admin,
@@ -363,7 +367,9 @@ impl Proxy {
             },
             process: conn.process.clone(),
         };
-        if let Err(e) = crate::admin::serve_workload(stream, admin.router.clone(), caller).await {
+        if let Err(e) =
+            crate::admin::serve_workload(stream, admin.workload_router.clone(), caller).await
+        {
             tracing::debug!(
                 connection = conn.id,
                 "admin API connection from the workload: {e}"

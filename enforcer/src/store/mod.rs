@@ -423,6 +423,15 @@ impl Store {
         rows.iter().map(ApprovalRow::from_row).collect()
     }
 
+    pub async fn pending_approvals_of(&self, workload: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM approvals WHERE status = 'pending' AND workload = $1",
+        )
+        .bind(workload)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn pending_approvals(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = 'pending'")
