@@ -11,6 +11,7 @@ pub mod admin;
 pub mod approval;
 pub mod grant;
 pub mod identity;
+pub mod mask;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;

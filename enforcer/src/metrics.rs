@@ -53,6 +53,12 @@ pub struct Metrics {
     /// Pending approvals in the store (shared by every host using it).
     pub approvals_pending: Gauge,
     pub approval_decision_seconds: Family<ApprovalLabels, Histogram>,
+    pub masked_values: Family<DetectorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabels {
+    pub detector: String,
 }
 
 impl Default for Metrics {
@@ -127,7 +133,14 @@ impl Metrics {
             "Time from an approval request to its decision, by outcome",
             approval_decision_seconds.clone(),
         );
+        let masked_values = Family::<DetectorLabels, Counter>::default();
+        registry.register(
+            "masked_values",
+            "Values masked in answers to the workload, by content detector",
+            masked_values.clone(),
+        );
         Metrics {
+            masked_values,
             grants,
             approvals_pending,
             approval_decision_seconds,
@@ -139,6 +152,14 @@ impl Metrics {
             accept_latency,
             kernel_events,
         }
+    }
+
+    pub fn masked(&self, detector: &str) {
+        self.masked_values
+            .get_or_create(&DetectorLabels {
+                detector: detector.to_owned(),
+            })
+            .inc();
     }
 
     pub fn grant_event(&self, event: &str) {

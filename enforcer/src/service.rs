@@ -207,6 +207,7 @@ impl Service {
                 addr: admin_addr,
                 workload_router,
             }),
+            Some(Arc::clone(&grants)),
         ));
         let proxy_task = tokio::spawn(proxy.serve(listeners));
         let admin_task = tokio::spawn(admin::serve(admin_listener, router));

@@ -536,6 +536,14 @@ impl Grants {
         Ok(None)
     }
 
+    /// Whether `workload` holds an active grant for `access` on `resource`, without taking a
+    /// use (a statement is prepared now and run, using the grant, later).
+    pub fn has_active(&self, workload: &str, resource: &str, access: &str) -> bool {
+        !self
+            .find_active(workload, resource, access, now_ms())
+            .is_empty()
+    }
+
     /// The lock-free part of [`authorize`]: an uncounted active grant, or a counted one to take
     /// a use of.
     fn find_active(&self, workload: &str, resource: &str, access: &str, now: i64) -> Vec<Active> {

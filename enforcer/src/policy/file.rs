@@ -83,6 +83,23 @@ pub struct ResourceSpec {
     pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub credential: Option<Spanned<CredentialSpec>>,
+    /// What never reaches the workload from this resource's answers.
+    #[serde(default)]
+    pub masking: Option<Spanned<MaskingSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingSpec {
+    /// Column name patterns masked whole (`*` matches any run of characters).
+    #[serde(default)]
+    pub columns: Vec<Spanned<String>>,
+    /// Content detectors run over every text value; default all of them.
+    #[serde(default)]
+    pub detectors: Option<Vec<Spanned<String>>>,
+    /// redact | partial | hash; default redact.
+    #[serde(default)]
+    pub strategy: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,6 +123,9 @@ pub struct Resource {
     pub hosts: Vec<String>,
     pub upstream: Option<SocketAddr>,
     pub credential: Option<Credential>,
+    /// Masking applied to what the resource answers; the default profile (every detector,
+    /// redact) when the policy says nothing.
+    pub masking: crate::mask::Profile,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -618,8 +621,14 @@ impl Validator {
                 );
             }
         }
+        let masking = spec
+            .masking
+            .as_ref()
+            .map(|m| self.masking(m))
+            .unwrap_or_default();
         if let (true, Some(protocol)) = (name_ok, protocol) {
             self.policy.resources.push(Resource {
+                masking,
                 name: spec.name.value.trim().to_owned(),
                 protocol,
                 addresses,
@@ -628,6 +637,48 @@ impl Validator {
                 credential,
             });
         }
+    }
+
+    fn masking(&mut self, spec: &Spanned<file::MaskingSpec>) -> crate::mask::Profile {
+        use crate::mask::{Detector, Profile, Strategy};
+        let mut profile = Profile::default();
+        for column in &spec.value.columns {
+            let text = column.value.trim().to_ascii_lowercase();
+            if text.is_empty() {
+                self.error(column.referenced, "column pattern must not be empty");
+            } else {
+                profile.columns.push(text);
+            }
+        }
+        if let Some(names) = &spec.value.detectors {
+            profile.detectors.clear();
+            for name in names {
+                match Detector::parse(name.value.trim()) {
+                    Some(d) => profile.detectors.push(d),
+                    None => self.error(
+                        name.referenced,
+                        format!(
+                            "unknown detector {:?}; expected one of: {}",
+                            name.value,
+                            Detector::ALL.map(Detector::name).join(", ")
+                        ),
+                    ),
+                }
+            }
+        }
+        if let Some(strategy) = &spec.value.strategy {
+            match Strategy::parse(strategy.value.trim()) {
+                Some(s) => profile.strategy = s,
+                None => self.error(
+                    strategy.referenced,
+                    format!(
+                        "unknown masking strategy {:?}; expected redact, partial or hash",
+                        strategy.value
+                    ),
+                ),
+            }
+        }
+        profile
     }
 
     fn credential(&mut self, cred: &Spanned<file::CredentialSpec>) -> Option<Credential> {

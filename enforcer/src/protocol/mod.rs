@@ -4,12 +4,30 @@
 //! Until a protocol's own handler exists its resources are relayed as plain TCP
 //! ([`PassThrough`]), recorded like egress.
 
-use std::{future::Future, net::SocketAddr, pin::Pin};
+pub mod postgres;
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use tokio::net::TcpStream;
 
-use crate::policy::{Protocol, Resource};
-use crate::proxy::{Connection, RelayError, RelayStats, relay};
+use crate::{
+    grant::Grants,
+    metrics::Metrics,
+    policy::{Policy, Principal, Protocol, Resource},
+    proxy::{Connection, RelayError, RelayStats, relay},
+    record::Recorder,
+};
+
+/// What a protocol handler needs beyond the connection: who the workload is, what the
+/// policy says, its grants, and where to record.
+pub struct HandlerContext<'a> {
+    pub workload: &'a str,
+    pub principal: Principal,
+    pub policy: &'a Arc<Policy>,
+    pub grants: Option<&'a Arc<Grants>>,
+    pub recorder: &'a Recorder,
+    pub metrics: &'a Arc<Metrics>,
+}
 
 pub type HandlerFuture<'a> =
     Pin<Box<dyn Future<Output = Result<RelayStats, RelayError>> + Send + 'a>>;
@@ -18,6 +36,7 @@ pub type HandlerFuture<'a> =
 pub trait ProtocolHandler: Send + Sync {
     fn serve<'a>(
         &'a self,
+        ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
         client: &'a mut TcpStream,
         resource: &'a Resource,
@@ -30,6 +49,7 @@ pub struct PassThrough;
 impl ProtocolHandler for PassThrough {
     fn serve<'a>(
         &'a self,
+        _ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
         client: &'a mut TcpStream,
         resource: &'a Resource,
@@ -42,10 +62,7 @@ impl ProtocolHandler for PassThrough {
 /// The handler for a protocol.
 pub fn handler_for(protocol: Protocol) -> &'static dyn ProtocolHandler {
     match protocol {
-        Protocol::Postgres
-        | Protocol::Mysql
-        | Protocol::Kubernetes
-        | Protocol::Ssh
-        | Protocol::Http => &PassThrough,
+        Protocol::Postgres => &postgres::Postgres,
+        Protocol::Mysql | Protocol::Kubernetes | Protocol::Ssh | Protocol::Http => &PassThrough,
     }
 }

@@ -61,6 +61,7 @@ pub struct Proxy {
     pub port: u16,
     pub sessions: Arc<Sessions>,
     admin: Option<AdminRoute>,
+    grants: Option<Arc<crate::grant::Grants>>,
     next_id: AtomicU64,
 }
 
@@ -136,6 +137,7 @@ impl Proxy {
         port: u16,
         sessions: Arc<Sessions>,
         admin: Option<AdminRoute>,
+        grants: Option<Arc<crate::grant::Grants>>,
     ) -> Self {
         // Ids unique across restarts of the daemon: start from the clock.
         let start = std::time::SystemTime::now()
@@ -156,6 +158,7 @@ impl Proxy {
             port,
             sessions,
             admin,
+            grants,
             next_id: AtomicU64::new(start),
         }
     }
@@ -321,8 +324,16 @@ impl Proxy {
                 return;
             }
             RouteTarget::Resource(resource) => {
+                let ctx = protocol::HandlerContext {
+                    workload: &self.workload,
+                    principal: self.cedar_principal(),
+                    policy: &self.policy,
+                    grants: self.grants.as_ref(),
+                    recorder: &self.recorder,
+                    metrics: &self.metrics,
+                };
                 protocol::handler_for(resource.protocol)
-                    .serve(&conn, &mut stream, resource)
+                    .serve(&ctx, &conn, &mut stream, resource)
                     .await
             }
         };
@@ -332,6 +343,9 @@ impl Proxy {
             Err(RelayError::Io {
                 stats, ref source, ..
             }) => (stats, Some(source.to_string())),
+            Err(RelayError::Protocol {
+                stats, ref message, ..
+            }) => (stats, Some(message.clone())),
             Err(e) => (RelayStats::default(), Some(e.to_string())),
         };
         self.metrics

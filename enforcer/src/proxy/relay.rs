@@ -33,6 +33,13 @@ pub enum RelayError {
         stats: RelayStats,
         source: io::Error,
     },
+    /// A protocol handler ended the session (bad input, upstream authentication, policy).
+    #[error("{protocol} session ended after {stats:?}: {message}")]
+    Protocol {
+        protocol: &'static str,
+        stats: RelayStats,
+        message: String,
+    },
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -91,9 +91,37 @@ pub struct ApprovalEvent {
     pub reason: Option<String>,
 }
 
+/// One statement or request of a protocol session, as decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementDecided {
+    pub connection: u64,
+    pub workload: String,
+    pub principal: String,
+    pub resource: String,
+    /// e.g. `sql:write`
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// The statement as parsed (bounded).
+    pub statement: String,
+    /// allow | deny
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The grant that allowed it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// The approval it was held for, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
+    Statement(StatementDecided),
     ConnectionDecided(ConnectionDecided),
     ConnectionClosed(ConnectionClosed),
     Grant(GrantEvent),
@@ -154,6 +182,23 @@ impl Event {
                 duration_ms = e.duration_ms,
                 error = e.error.as_deref().unwrap_or(""),
                 "connection closed"
+            ),
+            Event::Statement(e) => tracing::info!(
+                target: "enforcer::decision",
+                event = "statement",
+                connection = e.connection,
+                workload = %e.workload,
+                principal = %e.principal,
+                resource = %e.resource,
+                action = %e.action,
+                tables = %e.tables.join(","),
+                statement = %e.statement,
+                decision = %e.decision,
+                policies = %e.policies.join(","),
+                grant = e.grant.as_deref().unwrap_or(""),
+                approval = e.approval.as_deref().unwrap_or(""),
+                reason = e.reason.as_deref().unwrap_or(""),
+                "statement {}", e.decision
             ),
             Event::Grant(e) => tracing::info!(
                 target: "enforcer::decision",

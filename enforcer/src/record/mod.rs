@@ -5,7 +5,10 @@
 pub mod audit;
 mod event;
 
-pub use event::{ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process};
+pub use event::{
+    ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process,
+    StatementDecided,
+};
 
 use tokio::sync::mpsc;
 

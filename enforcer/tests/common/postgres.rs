@@ -65,6 +65,47 @@ impl Postgres {
         }
     }
 
+    /// As a client over loopback TCP as the superuser (trust on this server).
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-U", "postgres", "-d", database, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Requires SCRAM-SHA-256 passwords for `role` over TCP from now on (other users keep
+    /// trust), with the role created with `password`.
+    pub fn scram_role(&self, role: &str, password: &str) {
+        self.psql(
+            "postgres",
+            &format!("SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        );
+        let hba = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba");
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n{old}"),
+        )
+        .expect("write pg_hba");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// Creates a database and returns its URL.
     pub fn database(&self, name: &str) -> String {
         run(Command::new("psql")

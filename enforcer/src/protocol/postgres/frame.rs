@@ -1,0 +1,188 @@
+//! Message framing, done here rather than by the codec library: every message is cut out by
+//! its own length (bounded) before anything decodes it, so a lying length or a truncated body
+//! from the workload can only ever fail that one message, never read into the next one.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::PgError;
+
+/// Startup-phase packets (no tag): SSLRequest, GSSENCRequest, CancelRequest, StartupMessage.
+const MAX_STARTUP: usize = 10_000;
+
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    /// Bytes read from the peer, for the session's statistics.
+    pub bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8192),
+            bytes: 0,
+        }
+    }
+
+    /// Fills the buffer to `n` bytes; `false` on a clean end of stream before any byte of a
+    /// new packet.
+    async fn fill(&mut self, n: usize) -> Result<bool, PgError> {
+        while self.buf.len() < n {
+            let read = self.inner.read_buf(&mut self.buf).await?;
+            if read == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(PgError::Protocol(
+                    "connection closed in the middle of a message".into(),
+                ));
+            }
+            self.bytes += read as u64;
+        }
+        Ok(true)
+    }
+
+    /// One startup-phase packet, length prefix included.
+    pub async fn startup(&mut self) -> Result<Option<BytesMut>, PgError> {
+        if !self.fill(4).await? {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| (8..=MAX_STARTUP).contains(&l))
+            .ok_or_else(|| PgError::Protocol(format!("startup packet length {len} is invalid")))?;
+        self.fill(len).await?;
+        Ok(Some(self.buf.split_to(len)))
+    }
+
+    /// One tagged message, tag and length included. `None` on a clean end of stream.
+    pub async fn message(&mut self, max: usize) -> Result<Option<BytesMut>, PgError> {
+        if !self.fill(5).await? {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l >= 4 && l <= max)
+            .ok_or_else(|| {
+                PgError::Protocol(format!(
+                    "message {:?} has invalid length {len} (at most {max})",
+                    char::from(self.buf[0])
+                ))
+            })?;
+        self.fill(1 + len).await?;
+        Ok(Some(self.buf.split_to(1 + len)))
+    }
+}
+
+/// The body of a tagged frame.
+pub fn body(frame: &BytesMut) -> &[u8] {
+    frame.get(5..).unwrap_or(&[])
+}
+
+/// Decodes a frame with the codec library, turning any panic inside it (it trusts lengths
+/// more than it should) into a protocol error.
+pub fn decode<T>(
+    frame: BytesMut,
+    f: impl FnOnce(&mut BytesMut) -> pgwire::error::PgWireResult<Option<T>>,
+) -> Result<T, PgError> {
+    let mut frame = frame;
+    let tag = frame.first().copied().unwrap_or(0);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut frame)));
+    match result {
+        Ok(Ok(Some(message))) => Ok(message),
+        Ok(Ok(None)) => Err(PgError::Protocol(format!(
+            "message {:?} is truncated",
+            char::from(tag)
+        ))),
+        Ok(Err(e)) => Err(PgError::Protocol(format!(
+            "message {:?} is malformed: {e}",
+            char::from(tag)
+        ))),
+        Err(_) => Err(PgError::Protocol(format!(
+            "message {:?} is malformed",
+            char::from(tag)
+        ))),
+    }
+}
+
+/// A DataRow's values (`None` is SQL NULL), or `None` if the row is malformed.
+pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut b = body;
+    if b.len() < 2 {
+        return None;
+    }
+    let count = b.get_i16();
+    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        if b.len() < 4 {
+            return None;
+        }
+        let n = b.get_i32();
+        if n < 0 {
+            values.push(None);
+        } else {
+            let n = usize::try_from(n).ok()?;
+            if b.len() < n {
+                return None;
+            }
+            values.push(Some(&b[..n]));
+            b.advance(n);
+        }
+    }
+    b.is_empty().then_some(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lengths_are_bounded_and_frames_cut_exactly() {
+        let mut wire: &[u8] = b"Q\x00\x00\x00\x09abcd\x00S\x00\x00\x00\x04";
+        let mut r = FrameReader::new(&mut wire);
+        let q = r.message(1 << 20).await.expect("ok").expect("frame");
+        assert_eq!(&q[..], b"Q\x00\x00\x00\x09abcd\x00");
+        let s = r.message(1 << 20).await.expect("ok").expect("frame");
+        assert_eq!(&s[..], b"S\x00\x00\x00\x04");
+        assert!(r.message(1 << 20).await.expect("ok").is_none());
+        for bad in [
+            &b"Q\x00\x00\x00\x03"[..],
+            b"Q\xff\xff\xff\xff",
+            b"Q\x7f\x00\x00\x00",
+        ] {
+            let mut wire = bad;
+            assert!(FrameReader::new(&mut wire).message(1 << 20).await.is_err());
+        }
+        let mut cut: &[u8] = b"Q\x00\x00\x00\x09ab";
+        assert!(FrameReader::new(&mut cut).message(1 << 20).await.is_err());
+    }
+
+    #[test]
+    fn data_rows_parse_or_are_refused() {
+        let row = b"\x00\x02\x00\x00\x00\x02hi\xff\xff\xff\xff";
+        assert_eq!(data_row_values(row), Some(vec![Some(&b"hi"[..]), None]));
+        assert_eq!(data_row_values(b"\x00\x01\x00\x00\x00\x09hi"), None);
+        assert_eq!(data_row_values(b"\x00\x01\x00\x00\x00\x02hiX"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_data_row_bytes_are_safe(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = data_row_values(&bytes);
+        }
+
+        #[test]
+        fn any_frontend_frame_decodes_or_errors(bytes in proptest::collection::vec(proptest::num::u8::ANY, 5..64), tag in proptest::sample::select(b"QPBDECSHXdcf".to_vec())) {
+            let mut frame = BytesMut::from(&bytes[..]);
+            frame[0] = tag;
+            let len = (frame.len() - 1) as i32;
+            frame[1..5].copy_from_slice(&len.to_be_bytes());
+            let ctx = super::super::frontend_context();
+            let _ = decode(frame, |b| pgwire::messages::PgWireFrontendMessage::decode(b, &ctx));
+        }
+    }
+}

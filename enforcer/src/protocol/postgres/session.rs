@@ -1,0 +1,1037 @@
+//! One client session: startup, upstream authentication, then the two directions.
+//!
+//! Client → server: every Query and Parse is classified and decided before it is forwarded.
+//! A denial is carried out by the server itself: enforcer forwards, in place of the denied
+//! statement, one that raises SQLSTATE 42501 with enforcer's message. The client therefore
+//! sees the error exactly where its statement was, and the server aborts a surrounding
+//! transaction as it would for any failed statement — nothing is half-applied.
+//!
+//! Server → client: responses are matched, in order, to what the client sent (a queue of
+//! expectations), so every DataRow is masked by the columns of the statement or portal it
+//! belongs to, and the replies to enforcer's own injected messages are not passed on.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex as StdMutex,
+    time::Duration,
+};
+
+use bytes::{BufMut, BytesMut};
+use pgwire::{
+    error::ErrorInfo,
+    messages::{
+        DecodeContext, Message, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion,
+        data::FieldDescription,
+        extendedquery::{Bind, Execute, Parse},
+        response::{ErrorResponse, NoticeResponse},
+        simplequery::Query,
+        startup::{Authentication, Startup},
+    },
+};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::Mutex,
+};
+
+use super::{
+    PgError,
+    classify::{Classified, classify},
+    frame::{FrameReader, body, data_row_values, decode},
+    frontend_context,
+    upstream::{MAX_BACKEND, Secret, authenticate},
+};
+use crate::{
+    approval::{ApprovalKind, NewApproval, new_id},
+    policy::Resource,
+    protocol::HandlerContext,
+    proxy::{Connection, RelayStats, connect_upstream},
+    record::{Event, StatementDecided},
+};
+
+/// Largest message accepted from the workload.
+const MAX_FRONTEND: usize = 64 << 20;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+const PROTOCOL_3_0: u32 = 196_608;
+/// Statement text kept in records.
+const RECORDED_TEXT: usize = 2000;
+
+/// A column of a result set, as the client will read it.
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    type_oid: u32,
+    binary: bool,
+}
+
+/// A reply the client's messages will cause, in order.
+#[derive(Debug)]
+enum Expect {
+    /// Simple query: everything up to ReadyForQuery.
+    Query,
+    Parse {
+        swallow: bool,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+        formats: Vec<i16>,
+        swallow: bool,
+    },
+    DescribeStatement {
+        statement: String,
+    },
+    DescribePortal {
+        portal: String,
+    },
+    Execute {
+        portal: String,
+    },
+    Close,
+    Sync,
+}
+
+#[derive(Default)]
+struct Shared {
+    expect: VecDeque<Expect>,
+    statements: HashMap<String, Vec<Column>>,
+    portals: HashMap<String, Vec<Column>>,
+    /// Columns of the simple query's current result set.
+    query_columns: Option<Vec<Column>>,
+}
+
+fn lock(shared: &StdMutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    match shared.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+pub async fn run(
+    ctx: &HandlerContext<'_>,
+    conn: &Connection,
+    client: &mut TcpStream,
+    resource: &Resource,
+    stats: &mut RelayStats,
+) -> Result<(), PgError> {
+    let (cr, cw) = client.split();
+    let writer = Mutex::new(cw);
+    let mut creader = FrameReader::new(cr);
+
+    let parameters = loop {
+        let Some(mut packet) = creader.startup().await? else {
+            return Ok(());
+        };
+        let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        match code {
+            // Plaintext on loopback: the workload's client talks to enforcer on this host.
+            SSL_REQUEST | GSSENC_REQUEST => writer.lock().await.write_all(b"N").await?,
+            CANCEL_REQUEST => {
+                // Cancel keys are the server's own: pass the request on to the server.
+                let addr = resource.upstream.unwrap_or(conn.orig_dst);
+                let mut up = connect_upstream(addr)
+                    .await
+                    .map_err(|e| PgError::Upstream(e.to_string()))?;
+                up.write_all(&packet).await?;
+                return Ok(());
+            }
+            PROTOCOL_3_0 => {
+                let startup = decode(packet.split(), |b| {
+                    Startup::decode(b, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0))
+                })?;
+                break startup.parameters;
+            }
+            other => {
+                fatal(
+                    &writer,
+                    "0A000",
+                    &format!("enforcer: unsupported protocol request {other}"),
+                )
+                .await;
+                return Err(PgError::Protocol(format!("startup code {other}")));
+            }
+        }
+    };
+    let client_user = parameters.get("user").cloned().unwrap_or_default();
+    if parameters
+        .get("replication")
+        .is_some_and(|v| !matches!(v.as_str(), "false" | "0" | "off" | "no"))
+    {
+        fatal(
+            &writer,
+            "42501",
+            "enforcer: replication connections are not allowed",
+        )
+        .await;
+        return Err(PgError::Protocol("replication connection refused".into()));
+    }
+    // `options` could set the role or session settings behind the policy's back; the user is
+    // the credential's, whatever the client says.
+    let forwarded: Vec<(String, String)> = parameters
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "options" | "replication"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let secret = match Secret::for_resource(resource, &client_user) {
+        Ok(s) => s,
+        Err(e) => {
+            fatal(&writer, "28000", &format!("enforcer: {e}")).await;
+            return Err(e);
+        }
+    };
+    let addr = resource.upstream.unwrap_or(conn.orig_dst);
+    let mut up = match connect_upstream(addr).await {
+        Ok(up) => up,
+        Err(e) => {
+            fatal(&writer, "08001", &format!("enforcer: {e}")).await;
+            return Err(PgError::Upstream(e.to_string()));
+        }
+    };
+    let (ur, mut uw) = up.split();
+    let mut ureader = FrameReader::new(ur);
+    if let Err(e) = authenticate(&mut ureader, &mut uw, &secret, &forwarded).await {
+        fatal(&writer, "28000", &format!("enforcer: {e}")).await;
+        return Err(e);
+    }
+    let mut ok = BytesMut::new();
+    PgWireBackendMessage::Authentication(Authentication::Ok).encode(&mut ok)?;
+    writer.lock().await.write_all(&ok).await?;
+    // ParameterStatus, BackendKeyData, … up to the first ReadyForQuery, as they come.
+    loop {
+        let Some(frame) = ureader.message(MAX_BACKEND).await? else {
+            return Ok(());
+        };
+        writer.lock().await.write_all(&frame).await?;
+        match frame[0] {
+            b'Z' => break,
+            b'E' => return Ok(()),
+            _ => {}
+        }
+    }
+
+    let shared = StdMutex::new(Shared::default());
+    let session = Session {
+        ctx,
+        conn,
+        resource,
+        writer: &writer,
+        shared: &shared,
+    };
+    let result = tokio::select! {
+        r = session.client_to_server(&mut creader, &mut uw) => r,
+        r = session.server_to_client(&mut ureader) => r,
+    };
+    stats.to_upstream = creader.bytes;
+    stats.to_client = ureader.bytes;
+    result
+}
+
+/// Sends a FATAL error to the client (best effort: it may be gone).
+async fn fatal<W: AsyncWrite + Unpin>(writer: &Mutex<W>, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    let error: ErrorResponse = ErrorInfo::new("FATAL".into(), code.into(), message.into()).into();
+    if error.encode(&mut out).is_ok() {
+        let _ = writer.lock().await.write_all(&out).await;
+    }
+}
+
+/// What the policy decided for one statement.
+enum Verdict {
+    Allow { grant_based: bool },
+    Deny(String),
+}
+
+struct Session<'a, W> {
+    ctx: &'a HandlerContext<'a>,
+    conn: &'a Connection,
+    resource: &'a Resource,
+    writer: &'a Mutex<W>,
+    shared: &'a StdMutex<Shared>,
+}
+
+/// A statement prepared by the client, as decided at Parse.
+#[derive(Clone)]
+struct Prepared {
+    classified: Classified,
+    /// Allowed because of a grant: each execution takes a use and stops when the grant ends.
+    grant_based: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Session<'_, W> {
+    async fn client_to_server<R, U>(
+        &self,
+        reader: &mut FrameReader<R>,
+        upstream: &mut U,
+    ) -> Result<(), PgError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        U: AsyncWrite + Unpin,
+    {
+        let fctx = frontend_context();
+        let mut prepared: HashMap<String, Prepared> = HashMap::new();
+        let mut portals: HashMap<String, String> = HashMap::new();
+        loop {
+            let Some(frame) = reader.message(MAX_FRONTEND).await? else {
+                return Ok(());
+            };
+            let tag = frame[0];
+            let mut out = BytesMut::new();
+            match tag {
+                b'Q' => {
+                    let PgWireFrontendMessage::Query(q) =
+                        decode(frame, |b| PgWireFrontendMessage::decode(b, &fctx))?
+                    else {
+                        return Err(PgError::Protocol("bad Query".into()));
+                    };
+                    let text = match self.decide_text(&q.query, true).await? {
+                        Ok(()) => q.query,
+                        Err(message) => raise(&message),
+                    };
+                    Query::new(text).encode(&mut out)?;
+                    self.expect(Expect::Query);
+                }
+                b'P' => {
+                    let PgWireFrontendMessage::Parse(p) =
+                        decode(frame.clone(), |b| PgWireFrontendMessage::decode(b, &fctx))?
+                    else {
+                        return Err(PgError::Protocol("bad Parse".into()));
+                    };
+                    let name = p.name.clone().unwrap_or_default();
+                    match self.decide_prepared(&p.query).await? {
+                        Ok(stmt) => {
+                            prepared.insert(name, stmt);
+                            out.extend_from_slice(&frame);
+                            self.expect(Expect::Parse { swallow: false });
+                        }
+                        Err(message) => {
+                            prepared.remove(&name);
+                            self.inject_denial(&mut out, &message)?;
+                        }
+                    }
+                }
+                b'B' => {
+                    let PgWireFrontendMessage::Bind(b) =
+                        decode(frame.clone(), |b| PgWireFrontendMessage::decode(b, &fctx))?
+                    else {
+                        return Err(PgError::Protocol("bad Bind".into()));
+                    };
+                    let portal = b.portal_name.clone().unwrap_or_default();
+                    let statement = b.statement_name.clone().unwrap_or_default();
+                    portals.insert(portal.clone(), statement.clone());
+                    out.extend_from_slice(&frame);
+                    self.expect(Expect::Bind {
+                        portal,
+                        statement,
+                        formats: b.result_column_format_codes.clone(),
+                        swallow: false,
+                    });
+                }
+                b'E' => {
+                    let PgWireFrontendMessage::Execute(e) =
+                        decode(frame.clone(), |b| PgWireFrontendMessage::decode(b, &fctx))?
+                    else {
+                        return Err(PgError::Protocol("bad Execute".into()));
+                    };
+                    let portal = e.name.clone().unwrap_or_default();
+                    let statement = portals.get(&portal).cloned().unwrap_or_default();
+                    let needs_grant = prepared.get(&statement).filter(|p| p.grant_based).cloned();
+                    match needs_grant {
+                        Some(p) => match self.use_grant(&p.classified).await? {
+                            Ok(_) => {
+                                out.extend_from_slice(&frame);
+                                self.expect(Expect::Execute { portal });
+                            }
+                            Err(message) => self.inject_denial(&mut out, &message)?,
+                        },
+                        None => {
+                            out.extend_from_slice(&frame);
+                            self.expect(Expect::Execute { portal });
+                        }
+                    }
+                }
+                b'D' => {
+                    let PgWireFrontendMessage::Describe(d) =
+                        decode(frame.clone(), |b| PgWireFrontendMessage::decode(b, &fctx))?
+                    else {
+                        return Err(PgError::Protocol("bad Describe".into()));
+                    };
+                    let name = d.name.clone().unwrap_or_default();
+                    self.expect(if d.target_type == b'S' {
+                        Expect::DescribeStatement { statement: name }
+                    } else {
+                        Expect::DescribePortal { portal: name }
+                    });
+                    out.extend_from_slice(&frame);
+                }
+                b'C' => {
+                    self.expect(Expect::Close);
+                    out.extend_from_slice(&frame);
+                }
+                b'S' => {
+                    self.expect(Expect::Sync);
+                    out.extend_from_slice(&frame);
+                }
+                // Flush, COPY data from the client: no reply of their own.
+                b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(&frame),
+                b'X' => {
+                    upstream.write_all(&frame).await?;
+                    return Ok(());
+                }
+                b'F' => {
+                    // The fast-path function call runs any function by OID: it cannot be
+                    // classified, so it is refused.
+                    self.record_text(
+                        "sql:admin",
+                        "<fast-path function call>",
+                        "deny",
+                        Vec::new(),
+                        None,
+                        None,
+                        Some("fast-path function calls are not allowed".into()),
+                    )
+                    .await?;
+                    let mut reply = BytesMut::new();
+                    let error: ErrorResponse = ErrorInfo::new(
+                        "ERROR".into(),
+                        "42501".into(),
+                        "enforcer: fast-path function calls are not allowed".into(),
+                    )
+                    .into();
+                    error.encode(&mut reply)?;
+                    // Same transaction status as the last ReadyForQuery: unknown here, so idle.
+                    reply.extend_from_slice(b"Z\x00\x00\x00\x05I");
+                    self.writer.lock().await.write_all(&reply).await?;
+                    continue;
+                }
+                other => {
+                    return Err(PgError::Protocol(format!(
+                        "unexpected message {:?} from the client",
+                        char::from(other)
+                    )));
+                }
+            }
+            upstream.write_all(&out).await?;
+        }
+    }
+
+    fn expect(&self, e: Expect) {
+        lock(self.shared).expect.push_back(e);
+    }
+
+    /// In place of a denied extended-protocol statement: the server raises enforcer's error
+    /// at this point of the pipeline (and skips to the client's Sync, as it would).
+    fn inject_denial(&self, out: &mut BytesMut, message: &str) -> Result<(), PgError> {
+        Parse::new(None, raise(message), Vec::new()).encode(out)?;
+        Bind::new(None, None, Vec::new(), Vec::new(), Vec::new()).encode(out)?;
+        Execute::new(None, 0).encode(out)?;
+        self.expect(Expect::Parse { swallow: true });
+        self.expect(Expect::Bind {
+            portal: String::new(),
+            statement: String::new(),
+            formats: Vec::new(),
+            swallow: true,
+        });
+        self.expect(Expect::Execute {
+            portal: String::new(),
+        });
+        Ok(())
+    }
+
+    /// Decides every statement of a query string; `Err(message)` if any is denied.
+    async fn decide_text(&self, text: &str, consume: bool) -> Result<Result<(), String>, PgError> {
+        let statements = match classify(text) {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("enforcer: {e}");
+                self.record_text(
+                    "sql:unknown",
+                    text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(e.to_string()),
+                )
+                .await?;
+                return Ok(Err(message));
+            }
+        };
+        for stmt in &statements {
+            match self.decide(stmt, consume).await? {
+                Verdict::Allow { .. } => {}
+                Verdict::Deny(message) => return Ok(Err(message)),
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Decides the one statement of a Parse.
+    async fn decide_prepared(&self, text: &str) -> Result<Result<Prepared, String>, PgError> {
+        let statements = match classify(text) {
+            Ok(s) => s,
+            Err(e) => {
+                self.record_text(
+                    "sql:unknown",
+                    text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(e.to_string()),
+                )
+                .await?;
+                return Ok(Err(format!("enforcer: {e}")));
+            }
+        };
+        let [stmt] = statements.as_slice() else {
+            // Empty, or several statements: the server refuses these itself; nothing to run.
+            return Ok(Ok(Prepared {
+                classified: Classified {
+                    class: super::classify::SqlClass::Read,
+                    tables: Default::default(),
+                    because: None,
+                    text: String::new(),
+                },
+                grant_based: false,
+            }));
+        };
+        Ok(match self.decide(stmt, false).await? {
+            Verdict::Allow { grant_based, .. } => Ok(Prepared {
+                classified: stmt.clone(),
+                grant_based,
+            }),
+            Verdict::Deny(message) => Err(message),
+        })
+    }
+
+    /// An execution of a statement that a grant allowed: takes a use, and fails once the
+    /// grant is gone (expired, used up, revoked).
+    async fn use_grant(&self, stmt: &Classified) -> Result<Result<String, String>, PgError> {
+        let class = stmt.class.as_str();
+        let used = match self.ctx.grants {
+            Some(g) => g
+                .authorize(self.ctx.workload, &self.resource.name, class)
+                .await
+                .map_err(|e| PgError::Upstream(e.to_string()))?,
+            None => None,
+        };
+        match used {
+            Some(u) => {
+                self.record(
+                    stmt,
+                    "allow",
+                    Vec::new(),
+                    Some(u.grant.clone()),
+                    None,
+                    Some("execution of a statement prepared under the grant".into()),
+                )
+                .await?;
+                Ok(Ok(u.grant))
+            }
+            None => {
+                let message = format!(
+                    "enforcer: sql:{class} on {} denied: the grant that allowed this prepared statement has ended (expired, used up or revoked)",
+                    self.resource.name
+                );
+                self.record(
+                    stmt,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some("grant ended".into()),
+                )
+                .await?;
+                Ok(Err(message))
+            }
+        }
+    }
+
+    async fn decide(&self, stmt: &Classified, consume: bool) -> Result<Verdict, PgError> {
+        let class = stmt.class.as_str();
+        let action = format!("sql:{class}");
+        let authz = &self.ctx.policy.authz;
+        let context = |grant: &str| {
+            serde_json::json!({
+                "tables": stmt.tables.iter().collect::<Vec<_>>(),
+                "statement": truncate(&stmt.text, RECORDED_TEXT),
+                "grant": grant,
+            })
+        };
+        let first = authz
+            .decide_trusted(&self.ctx.principal, &action, self.resource, context(""))
+            .map_err(|e| PgError::Upstream(e.to_string()))?;
+        let mut decision = first.clone();
+        let mut grant = None;
+        let mut grant_based = false;
+        // Not permitted at baseline and not forbidden: a grant for this class may allow it.
+        if !first.allowed
+            && first.policies.is_empty()
+            && first.errors.is_empty()
+            && let Some(grants) = self.ctx.grants
+            && grants.has_active(self.ctx.workload, &self.resource.name, class)
+        {
+            let second = authz
+                .decide_trusted(&self.ctx.principal, &action, self.resource, context(class))
+                .map_err(|e| PgError::Upstream(e.to_string()))?;
+            if second.allowed {
+                if consume {
+                    let used = grants
+                        .authorize(self.ctx.workload, &self.resource.name, class)
+                        .await
+                        .map_err(|e| PgError::Upstream(e.to_string()))?;
+                    grant = used.map(|u| u.grant);
+                    grant_based = grant.is_some();
+                    if grant.is_some() {
+                        decision = second;
+                    }
+                } else {
+                    grant_based = true;
+                    decision = second;
+                }
+            }
+        }
+        if !decision.allowed {
+            let why = decision.explain();
+            let because = stmt
+                .because
+                .as_ref()
+                .map_or(String::new(), |b| format!(" (it {b})"));
+            let hint = if decision.policies.is_empty() && decision.errors.is_empty() {
+                format!(
+                    "; ask for a grant: enforcer grant request --resource {} --access {class} --reason …",
+                    self.resource.name
+                )
+            } else {
+                String::new()
+            };
+            let message = format!(
+                "enforcer: sql:{class}{because} on {} denied: {why}{hint}",
+                self.resource.name
+            );
+            self.record(
+                stmt,
+                "deny",
+                decision.policies.clone(),
+                None,
+                None,
+                Some(why),
+            )
+            .await?;
+            return Ok(Verdict::Deny(message));
+        }
+        let mut approval_id = None;
+        if decision.approval_required {
+            match self.hold(stmt, &action, &decision.policies).await? {
+                Ok(id) => approval_id = Some(id),
+                Err((id, why)) => {
+                    let message = format!(
+                        "enforcer: sql:{class} on {} denied: {why} (approval {id})",
+                        self.resource.name
+                    );
+                    self.record(
+                        stmt,
+                        "deny",
+                        decision.policies.clone(),
+                        grant,
+                        Some(id),
+                        Some(why),
+                    )
+                    .await?;
+                    return Ok(Verdict::Deny(message));
+                }
+            }
+        }
+        self.record(
+            stmt,
+            "allow",
+            decision.policies.clone(),
+            grant.clone(),
+            approval_id,
+            None,
+        )
+        .await?;
+        Ok(Verdict::Allow { grant_based })
+    }
+
+    /// Holds the statement until an operator decides; tells the client why it waits.
+    /// `Ok(approval)` when approved, `Err((approval, why))` otherwise.
+    async fn hold(
+        &self,
+        stmt: &Classified,
+        action: &str,
+        policies: &[String],
+    ) -> Result<Result<String, (String, String)>, PgError> {
+        let Some(grants) = self.ctx.grants else {
+            return Ok(Err((
+                String::new(),
+                "it needs an approval and approvals are not available".into(),
+            )));
+        };
+        let approvals = grants.approvals();
+        let row = approvals
+            .open(NewApproval {
+                id: new_id("a"),
+                kind: ApprovalKind::Operation,
+                subject: format!("connection {}", self.conn.id),
+                summary: format!(
+                    "{action} on {}: {}",
+                    self.resource.name,
+                    truncate(&stmt.text, 300)
+                ),
+                workload: self.ctx.workload.to_owned(),
+                principal: self.ctx.principal.name.clone(),
+                resource: self.resource.name.clone(),
+            })
+            .await
+            .map_err(|e| PgError::Upstream(e.to_string()))?;
+        let mut notice = BytesMut::new();
+        let held: NoticeResponse = ErrorInfo::new(
+            "NOTICE".into(),
+            "00000".into(),
+            format!(
+                "enforcer: {action} on {} is held for approval {} ({}); it runs once an operator approves it (enforcer approvals approve {})",
+                self.resource.name,
+                row.id,
+                policies.join(", "),
+                row.id
+            ),
+        )
+        .into();
+        held.encode(&mut notice)?;
+        self.writer.lock().await.write_all(&notice).await?;
+        let decided = approvals
+            .wait(&row.id, approvals.timeout() + Duration::from_secs(2))
+            .await
+            .map_err(|e| PgError::Upstream(e.to_string()))?;
+        Ok(match decided.status.as_str() {
+            "approved" => Ok(row.id),
+            "denied" => Err((
+                row.id,
+                format!(
+                    "an operator denied it{}",
+                    decided.reason.map_or(String::new(), |r| format!(": {r}"))
+                ),
+            )),
+            _ => Err((
+                row.id,
+                "no operator approved it before the approval timeout".into(),
+            )),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_text(
+        &self,
+        action: &str,
+        text: &str,
+        decision: &str,
+        policies: Vec<String>,
+        grant: Option<String>,
+        approval: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), PgError> {
+        let event = StatementDecided {
+            connection: self.conn.id,
+            workload: self.ctx.workload.to_owned(),
+            principal: self.ctx.principal.name.clone(),
+            resource: self.resource.name.clone(),
+            action: action.to_owned(),
+            tables: Vec::new(),
+            statement: truncate(text, RECORDED_TEXT),
+            decision: decision.to_owned(),
+            policies,
+            grant,
+            approval,
+            reason,
+        };
+        self.ctx
+            .recorder
+            .record(Event::Statement(event))
+            .await
+            .map_err(|_| PgError::Recorder)
+    }
+
+    async fn record(
+        &self,
+        stmt: &Classified,
+        decision: &str,
+        policies: Vec<String>,
+        grant: Option<String>,
+        approval: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), PgError> {
+        let event = StatementDecided {
+            connection: self.conn.id,
+            workload: self.ctx.workload.to_owned(),
+            principal: self.ctx.principal.name.clone(),
+            resource: self.resource.name.clone(),
+            action: format!("sql:{}", stmt.class),
+            tables: stmt.tables.iter().cloned().collect(),
+            statement: truncate(&stmt.text, RECORDED_TEXT),
+            decision: decision.to_owned(),
+            policies,
+            grant,
+            approval,
+            reason,
+        };
+        self.ctx
+            .recorder
+            .record(Event::Statement(event))
+            .await
+            .map_err(|_| PgError::Recorder)
+    }
+
+    async fn server_to_client<R>(&self, reader: &mut FrameReader<R>) -> Result<(), PgError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let bctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+        loop {
+            let Some(frame) = reader.message(MAX_BACKEND).await? else {
+                return Ok(());
+            };
+            let forward = self.on_server_message(frame, &bctx)?;
+            if let Some(bytes) = forward {
+                self.writer.lock().await.write_all(&bytes).await?;
+            }
+        }
+    }
+
+    /// What to pass on to the client for one server message (`None`: nothing).
+    fn on_server_message(
+        &self,
+        frame: BytesMut,
+        bctx: &DecodeContext,
+    ) -> Result<Option<BytesMut>, PgError> {
+        let mut shared = lock(self.shared);
+        let tag = frame[0];
+        Ok(match tag {
+            b'1' => match shared.expect.pop_front() {
+                Some(Expect::Parse { swallow: true }) => None,
+                _ => Some(frame),
+            },
+            b'2' => match shared.expect.pop_front() {
+                Some(Expect::Bind {
+                    portal,
+                    statement,
+                    formats,
+                    swallow,
+                }) => {
+                    let described = shared.statements.get(&statement).cloned();
+                    if let Some(described) = described {
+                        let columns = with_formats(described, &formats);
+                        shared.portals.insert(portal, columns);
+                    } else {
+                        shared.portals.remove(&portal);
+                    }
+                    (!swallow).then_some(frame)
+                }
+                _ => Some(frame),
+            },
+            b'3' => {
+                shared.expect.pop_front();
+                Some(frame)
+            }
+            b'T' => {
+                let PgWireBackendMessage::RowDescription(rd) =
+                    decode(frame.clone(), |b| PgWireBackendMessage::decode(b, bctx))?
+                else {
+                    return Err(PgError::Upstream("bad RowDescription".into()));
+                };
+                match shared.expect.front() {
+                    Some(Expect::DescribeStatement { statement }) => {
+                        let statement = statement.clone();
+                        shared.statements.insert(statement, columns(&rd.fields));
+                        shared.expect.pop_front();
+                    }
+                    Some(Expect::DescribePortal { portal }) => {
+                        let portal = portal.clone();
+                        let columns = columns(&rd.fields);
+                        shared.portals.insert(portal, columns);
+                        shared.expect.pop_front();
+                    }
+                    _ => shared.query_columns = Some(columns(&rd.fields)),
+                }
+                Some(frame)
+            }
+            b'n' => {
+                match shared.expect.front() {
+                    Some(Expect::DescribeStatement { statement }) => {
+                        let statement = statement.clone();
+                        shared.statements.insert(statement, Vec::new());
+                        shared.expect.pop_front();
+                    }
+                    Some(Expect::DescribePortal { portal }) => {
+                        let portal = portal.clone();
+                        shared.portals.insert(portal, Vec::new());
+                        shared.expect.pop_front();
+                    }
+                    _ => {}
+                }
+                Some(frame)
+            }
+            b'D' => {
+                let columns = match shared.expect.front() {
+                    Some(Expect::Execute { portal }) => shared.portals.get(portal).cloned(),
+                    _ => shared.query_columns.clone(),
+                };
+                drop(shared);
+                Some(self.mask_row(frame, columns.as_deref())?)
+            }
+            b'C' | b'I' | b's' => {
+                if matches!(shared.expect.front(), Some(Expect::Execute { .. })) {
+                    shared.expect.pop_front();
+                } else {
+                    shared.query_columns = None;
+                }
+                Some(frame)
+            }
+            b'E' => {
+                if !matches!(shared.expect.front(), Some(Expect::Query) | None) {
+                    // Extended protocol: the server skips everything up to the Sync.
+                    while !matches!(shared.expect.front(), Some(Expect::Sync) | None) {
+                        shared.expect.pop_front();
+                    }
+                }
+                Some(frame)
+            }
+            b'Z' => {
+                shared.expect.pop_front();
+                shared.query_columns = None;
+                Some(frame)
+            }
+            _ => Some(frame),
+        })
+    }
+
+    /// Masks one DataRow per the resource's profile. A value that cannot be masked safely in
+    /// its type becomes NULL, which every type admits.
+    fn mask_row(&self, frame: BytesMut, columns: Option<&[Column]>) -> Result<BytesMut, PgError> {
+        let profile = &self.resource.masking;
+        let Some(values) = data_row_values(body(&frame)) else {
+            return Err(PgError::Upstream(
+                "malformed DataRow from the server".into(),
+            ));
+        };
+        let mut changed = false;
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let Some(value) = value else {
+                out.push(None);
+                continue;
+            };
+            let column = columns.and_then(|c| c.get(i));
+            let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
+            let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
+            let masked: Option<Option<Vec<u8>>> = match (column, std::str::from_utf8(value)) {
+                (Some(c), Ok(text)) if textual && profile.masks_column(&c.name) => {
+                    Some(if text_type {
+                        Some(profile.mask_value(text, &c.name).into_bytes())
+                    } else {
+                        None
+                    })
+                }
+                (Some(c), _) if profile.masks_column(&c.name) => Some(None),
+                (_, Ok(text)) if textual => {
+                    let (scanned, fired) = profile.scan(text);
+                    if fired.is_empty() {
+                        None
+                    } else {
+                        for detector in &fired {
+                            self.ctx.metrics.masked(detector);
+                        }
+                        Some(if text_type {
+                            Some(scanned.into_owned().into_bytes())
+                        } else {
+                            None
+                        })
+                    }
+                }
+                _ => None,
+            };
+            match masked {
+                Some(v) => {
+                    changed = true;
+                    out.push(v);
+                }
+                None => out.push(Some(value.to_vec())),
+            }
+        }
+        if !changed {
+            return Ok(frame);
+        }
+        let mut row = BytesMut::new();
+        row.put_u8(b'D');
+        let len_at = row.len();
+        row.put_i32(0);
+        row.put_i16(out.len() as i16);
+        for v in &out {
+            match v {
+                Some(bytes) => {
+                    row.put_i32(bytes.len() as i32);
+                    row.put_slice(bytes);
+                }
+                None => row.put_i32(-1),
+            }
+        }
+        let len = (row.len() - len_at) as i32;
+        row[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(row)
+    }
+}
+
+/// Types whose values are text in both formats (binary text is the UTF-8 bytes).
+fn is_text_type(oid: u32) -> bool {
+    // text, varchar, bpchar, name, unknown, json, xml, citext-less defaults
+    matches!(oid, 25 | 1043 | 1042 | 19 | 705 | 114 | 142)
+}
+
+fn columns(fields: &[FieldDescription]) -> Vec<Column> {
+    fields
+        .iter()
+        .map(|f| Column {
+            name: f.name.clone(),
+            type_oid: f.type_id,
+            binary: f.format_code == 1,
+        })
+        .collect()
+}
+
+/// A statement's columns with the result formats a Bind asked for.
+fn with_formats(mut columns: Vec<Column>, formats: &[i16]) -> Vec<Column> {
+    for (i, c) in columns.iter_mut().enumerate() {
+        let format = match formats {
+            [] => 0,
+            [one] => *one,
+            all => all.get(i).copied().unwrap_or(0),
+        };
+        c.binary = format == 1;
+    }
+    columns
+}
+
+/// A statement that makes the server raise enforcer's denial (SQLSTATE 42501), so the
+/// server's own transaction handling applies. The message is a string literal inside a
+/// dollar-quoted body with a random tag: it cannot end either early.
+fn raise(message: &str) -> String {
+    let tag = format!("enforcer_{}", hex::encode(rand::random::<[u8; 6]>()));
+    let literal = message.replace('\'', "''").replace(&tag, "");
+    format!(
+        "DO ${tag}$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{literal}'; END ${tag}$"
+    )
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

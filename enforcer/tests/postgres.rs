@@ -1,0 +1,386 @@
+//! PostgreSQL at layer 7 against a real PostgreSQL 15 (SCRAM-SHA-256 for the application
+//! role) and the real psql, run inside an enforced cgroup with a stale static password.
+
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+
+const CEDAR: &str = r#"
+@id("baseline-read")
+permit (principal, action == Enforcer::Action::"sql:read", resource);
+
+@id("granted-writes")
+permit (principal, action == Enforcer::Action::"sql:write", resource)
+when { context.grant == "write" };
+
+@id("audit-log-inserts-need-approval")
+@approval("required")
+permit (principal, action == Enforcer::Action::"sql:write", resource)
+when { context.tables.contains("audit_notes") };
+
+@id("no-ddl")
+forbid (principal, action == Enforcer::Action::"sql:ddl", resource);
+
+@id("writes-by-grant-need-approval")
+@approval("required")
+permit (principal, action == Enforcer::Action::"grant:request", resource)
+when { context.access == "write" };
+"#;
+
+struct Shop {
+    pg: postgres::Postgres,
+    policy: std::path::PathBuf,
+}
+
+fn shop(env: &Env) -> Shop {
+    let pg = postgres::Postgres::start();
+    pg.database("shop");
+    pg.scram_role("app", "real-secret");
+    pg.psql(
+        "shop",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text, note text);
+         INSERT INTO customers VALUES
+           (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111', 'call +44 20 7946 0958'),
+           (2, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004', 'prefers email');
+         CREATE TABLE audit_notes (id serial, note text);
+         GRANT SELECT, INSERT, UPDATE, DELETE ON customers, audit_notes TO app;
+         GRANT USAGE ON SEQUENCE audit_notes_id_seq TO app;
+         GRANT CREATE ON SCHEMA public TO app;",
+    );
+    let dir = env.path().join("pg-policy");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let secret = env.path().join("shop-password");
+    std::fs::write(&secret, "real-secret\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::write(
+        dir.join("shop.yaml"),
+        format!(
+            "resources:\n  - name: shop\n    protocol: postgres\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}, username: app}}\n    masking:\n      columns: [\"card*\"]\n      strategy: partial\napprovals:\n  timeout: 20s\n",
+            pg.port,
+            secret.display()
+        ),
+    )
+    .expect("yaml");
+    std::fs::write(dir.join("shop.cedar"), CEDAR).expect("cedar");
+    Shop { pg, policy: dir }
+}
+
+/// psql inside the enforced cgroup, with the agent's stale static password.
+fn agent_psql(cg: &TestCgroup, port: u16, sql: &str) -> Output {
+    let port = port.to_string();
+    let mut cmd = cg.command(
+        "psql",
+        &[
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "agent",
+            "-d",
+            "shop",
+            "-c",
+            sql,
+        ],
+    );
+    cmd.env("PGPASSWORD", "stale-static-password")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    output_within(cmd, T)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn statements(state: &Path) -> Vec<Value> {
+    read_json_lines(&state.join("audit.jsonl"))
+        .into_iter()
+        .map(|mut r| r["event"].take())
+        .filter(|e| e["kind"] == "statement")
+        .collect()
+}
+
+fn operator(admin: &str, state: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(ENFORCER);
+    cmd.args(args)
+        .args(["--admin", admin])
+        .arg("--state")
+        .arg(state);
+    output_within(cmd, T)
+}
+
+fn pending_approval(admin: &str, state: &Path) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let out = operator(admin, state, &["approvals", "list", "--json"]);
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(first) = list.into_iter().next() {
+            return first;
+        }
+        assert!(Instant::now() < deadline, "nothing became pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn statements_are_decided_masked_and_recorded() {
+    let env = Env::new();
+    let shop = shop(&env);
+    let port = shop.pg.port;
+    let cg = TestCgroup::new("pg");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (_daemon, _) = start_daemon(&env, &shop.policy, &cg.path, &admin);
+
+    // The stale password is never used: enforcer logs in upstream as the policy's role.
+    let who = agent_psql(&cg, port, "SELECT current_user");
+    assert!(who.status.success(), "{}", describe(&who));
+    assert_eq!(stdout(&who).trim(), "app");
+
+    // Baseline read, masked: card numbers by column rule (partial), emails and phone numbers
+    // by content.
+    let read = agent_psql(
+        &cg,
+        port,
+        "SELECT id, name, email, card_number, note FROM customers ORDER BY id",
+    );
+    assert!(read.status.success(), "{}", describe(&read));
+    let text = stdout(&read);
+    assert!(
+        text.contains("1|Ada Lovelace|***@*******.com|**** **** **** 1111|call +** ** **** 0958"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ada@example.com") && !text.contains("4111 1111 1111 1111"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2|Alan Turing|****@*******.com|**** **** **** 0004|prefers email"),
+        "{text}"
+    );
+
+    // A write without a grant: denied with 42501 naming what to do; nothing changed.
+    let delete = agent_psql(&cg, port, "DELETE FROM customers WHERE id = 2");
+    assert!(!delete.status.success());
+    let err = stderr(&delete);
+    assert!(
+        err.contains("enforcer: sql:write on shop denied: no policy permits it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("enforcer grant request --resource shop --access write"),
+        "{err}"
+    );
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT count(*) FROM customers")
+            .trim(),
+        "2"
+    );
+
+    // In a transaction: the denial aborts it, as PostgreSQL would; nothing half-applied.
+    let txn = agent_psql(
+        &cg,
+        port,
+        "BEGIN; UPDATE customers SET name = 'x' WHERE id = 1; COMMIT;",
+    );
+    assert!(!txn.status.success());
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT name FROM customers WHERE id = 1")
+            .trim(),
+        "Ada Lovelace"
+    );
+
+    // DDL is forbidden outright; unparseable text is denied; side-effect functions in a
+    // SELECT are not reads.
+    let ddl = agent_psql(&cg, port, "DROP TABLE customers");
+    assert!(
+        stderr(&ddl).contains("forbidden by no-ddl"),
+        "{}",
+        describe(&ddl)
+    );
+    let junk = agent_psql(&cg, port, "SELEC name FROM customers");
+    assert!(
+        stderr(&junk).contains("cannot be parsed"),
+        "{}",
+        describe(&junk)
+    );
+    let sneaky = agent_psql(&cg, port, "SELECT pg_read_file('/etc/passwd')");
+    assert!(
+        stderr(&sneaky).contains("sql:admin (it calls pg_read_file())"),
+        "{}",
+        describe(&sneaky)
+    );
+
+    // Extended protocol (tokio-postgres: prepared statements, binary formats, pipelining):
+    // masked the same way, and a denied statement fails at its place in the pipeline.
+    let client = Path::new(ENFORCER)
+        .parent()
+        .expect("target dir")
+        .join("examples/pg_client");
+    let tool = env.path().join("pg_client");
+    std::fs::copy(&client, &tool).expect("copy pg_client (cargo test builds examples)");
+    let out = output_within(
+        cg.command(&tool.display().to_string(), &[&port.to_string()]),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let steps: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(steps[0]["id"], 1);
+    assert_eq!(steps[0]["email"], "***@*******.com");
+    assert_eq!(steps[0]["card"], "**** **** **** 1111");
+    assert_eq!(steps[1]["count"], 2);
+    assert_eq!(steps[1]["email"], "****@*******.com");
+    assert_eq!(steps[2]["code"], "42501");
+    assert!(
+        steps[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sql:write on shop denied")),
+        "{steps:?}"
+    );
+    assert_eq!(steps[3]["value"], 1);
+
+    // A held statement: approved by the operator, then it runs.
+    let held = {
+        let port = port.to_string();
+        let mut cmd = cg.command(
+            "psql",
+            &[
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "agent",
+                "-d",
+                "shop",
+                "-c",
+                "INSERT INTO audit_notes (note) VALUES ('checked')",
+            ],
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("psql")
+    };
+    let approval = pending_approval(&admin, &env.state);
+    assert_eq!(approval["kind"], "operation");
+    assert!(
+        approval["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("audit_notes")),
+        "{approval}"
+    );
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let ok = operator(&admin, &env.state, &["approvals", "approve", &id]);
+    assert!(ok.status.success(), "{}", describe(&ok));
+    let held = held.wait_with_output().expect("psql");
+    assert!(held.status.success(), "{}", describe(&held));
+    assert!(
+        stderr(&held).contains("held for approval"),
+        "{}",
+        describe(&held)
+    );
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT count(*) FROM audit_notes")
+            .trim(),
+        "1"
+    );
+
+    // A grant (approved) for exactly one write.
+    let state = env.state.display().to_string();
+    let request = {
+        let mut cmd = cg.command(
+            ENFORCER,
+            &[
+                "grant",
+                "request",
+                "--resource",
+                "shop",
+                "--access",
+                "write",
+                "--uses",
+                "1",
+                "--reason",
+                "remove a duplicate customer",
+                "--wait",
+                "--admin",
+                &admin,
+                "--state",
+                &state,
+            ],
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("grant request")
+    };
+    let approval = pending_approval(&admin, &env.state);
+    let id = approval["id"].as_str().expect("id").to_owned();
+    assert!(
+        operator(&admin, &env.state, &["approvals", "approve", &id])
+            .status
+            .success()
+    );
+    let granted = request.wait_with_output().expect("grant");
+    assert!(granted.status.success(), "{}", describe(&granted));
+    let first = agent_psql(&cg, port, "DELETE FROM customers WHERE id = 2");
+    assert!(first.status.success(), "{}", describe(&first));
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT count(*) FROM customers")
+            .trim(),
+        "1"
+    );
+    let second = agent_psql(&cg, port, "DELETE FROM customers WHERE id = 1");
+    assert!(!second.status.success(), "the single use is spent");
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT count(*) FROM customers")
+            .trim(),
+        "1"
+    );
+
+    drop(_daemon);
+    let recorded = statements(&env.state);
+    let find = |needle: &str, decision: &str| {
+        recorded.iter().any(|e| {
+            e["statement"].as_str().is_some_and(|s| s.contains(needle)) && e["decision"] == decision
+        })
+    };
+    assert!(find("DELETE FROM customers WHERE id = 2", "deny"));
+    assert!(find("DELETE FROM customers WHERE id = 2", "allow"));
+    assert!(find("DROP TABLE customers", "deny"));
+    assert!(find("INSERT INTO audit_notes", "allow"));
+    let granted_delete = recorded
+        .iter()
+        .find(|e| e["decision"] == "allow" && e["action"] == "sql:write" && e["grant"].is_string())
+        .expect("a write allowed by the grant");
+    assert_eq!(granted_delete["policies"][0], "granted-writes");
+    let audit = read_json_lines(&env.state.join("audit.jsonl"));
+    let raw = serde_json::to_string(&audit).expect("json");
+    assert!(!raw.contains("real-secret") && !raw.contains("stale-static-password"));
+}
