@@ -70,6 +70,13 @@ fn start_postgres(dir: &Path) -> Result<Postgres> {
             .arg(&data)
             .stdout(Stdio::null()),
     )?;
+    // The application role logs in with a SCRAM password over TCP, as in production.
+    let hba = data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba)?;
+    std::fs::write(
+        &hba,
+        format!("host all app 127.0.0.1/32 scram-sha-256\n{old}"),
+    )?;
     let port = free_port("127.0.0.1")?;
     let pg = Postgres {
         data: data.clone(),
@@ -99,10 +106,13 @@ fn start_postgres(dir: &Path) -> Result<Postgres> {
         "-c",
         sql,
     ]))?;
-    let sql = "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-        INSERT INTO customers VALUES (1, 'Ada Lovelace', 'ada@example.com'),
-                                     (2, 'Alan Turing', 'alan@example.com');
-        GRANT SELECT ON customers TO PUBLIC;";
+    let sql = "SET password_encryption = 'scram-sha-256';
+        CREATE ROLE app LOGIN PASSWORD 'real-secret';
+        CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text);
+        INSERT INTO customers VALUES (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111'),
+                                     (2, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004'),
+                                     (3, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004');
+        GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO app;";
     exec(Command::new("psql").args(["-q", "-h"]).arg(&sock).args([
         "-p",
         &port.to_string(),
@@ -158,15 +168,32 @@ fn demo(enforcer: &Path, dir: &Path) -> Result<()> {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy)?;
     let policy_text = format!(
-        "# The agent may reach the orders database and nothing else.\n\
-         resources:\n  - name: orders-db\n    protocol: postgres\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{env: ORDERS_DB_PASSWORD, username: agent_ro}}\n",
+        "# The agent may reach the orders database and nothing else. It holds no password:\n\
+         # enforcer logs in as `app` with the secret from its own environment.\n\
+         resources:\n  - name: orders-db\n    protocol: postgres\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{env: ORDERS_DB_PASSWORD, username: app}}\n    masking:\n      columns: [\"card*\"]\n      strategy: partial\n\
+         approvals:\n  timeout: 2m\n",
         pg.port
     );
+    let cedar_text = "// Reading is the baseline; writing needs a grant, and a grant needs a person.\n\
+         @id(\"baseline-read\")\n\
+         permit (principal, action == Enforcer::Action::\"sql:read\", resource);\n\n\
+         @id(\"granted-writes\")\n\
+         permit (principal, action == Enforcer::Action::\"sql:write\", resource)\n\
+         when { context.grant == \"write\" };\n\n\
+         @id(\"write-grants-need-approval\")\n\
+         @approval(\"required\")\n\
+         @max_ttl(\"15m\")\n\
+         permit (principal, action == Enforcer::Action::\"grant:request\", resource)\n\
+         when { context.access == \"write\" };\n\n\
+         @id(\"no-ddl\")\n\
+         forbid (principal, action == Enforcer::Action::\"sql:ddl\", resource);\n";
     std::fs::write(policy.join("policy.yaml"), &policy_text)?;
+    std::fs::write(policy.join("access.cedar"), cedar_text)?;
     println!(
-        "\n== Policy ({}):\n{}",
+        "\n== Policy ({}):\n{}\n{}",
         policy.display(),
-        indent(&policy_text)
+        indent(&policy_text),
+        indent(cedar_text)
     );
     exec(
         Command::new(enforcer)
@@ -175,42 +202,103 @@ fn demo(enforcer: &Path, dir: &Path) -> Result<()> {
             .arg(&policy),
     )?;
 
+    // The agent runs as `nobody`: give it its own copy of the CLI.
+    let cli = dir.join("enforcer");
+    std::fs::copy(enforcer, &cli)?;
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755))?;
     let agent = dir.join("agent.sh");
     std::fs::write(
         &agent,
         format!(
             "#!/bin/sh\n\
-             echo \"[agent] I am $(id -un), pid $$\"\n\
-             echo '[agent] reading customers from the orders database at 127.0.0.1:{pg}'\n\
-             psql -h 127.0.0.1 -p {pg} -U postgres -d demo -c 'SELECT id, name FROM customers ORDER BY id'\n\
+             export PGPASSWORD=stale-static-password PGCONNECT_TIMEOUT=10\n\
+             q() {{ psql -X -h 127.0.0.1 -p {pg} -U agent -d demo -c \"$1\"; }}\n\
+             echo \"[agent] I am $(id -un), pid $$, holding a stale static password\"\n\
+             echo '[agent] SELECT * FROM customers'\n\
+             q 'SELECT id, name, email, card_number FROM customers ORDER BY id'\n\
+             echo '[agent] DELETE FROM customers WHERE id = 3   (a duplicate)'\n\
+             q 'DELETE FROM customers WHERE id = 3' && {{ echo '[agent] it worked?!'; exit 1; }}\n\
+             echo '[agent] asking for a one-time write grant'\n\
+             {cli} grant request --resource orders-db --access write --uses 1 --reason 'remove duplicate customer 3' --wait || exit 1\n\
+             q 'DELETE FROM customers WHERE id = 3' || exit 1\n\
+             echo '[agent] and once more (the grant was for one statement)'\n\
+             q 'DELETE FROM customers WHERE id = 2' && {{ echo '[agent] it worked?!'; exit 1; }}\n\
              echo '[agent] calling a hard-coded address the policy does not allow (127.0.0.2:{fp})'\n\
              if curl -sS -m 5 -o /dev/null http://127.0.0.2:{fp}/; then echo '[agent] it answered?!'; exit 1; fi\n\
              echo '[agent] refused'\n",
             pg = pg.port,
-            fp = forbidden_port
+            fp = forbidden_port,
+            cli = cli.display(),
         ),
     )?;
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))?;
 
     let state = dir.join("state");
+    let admin = format!("127.0.0.1:{}", free_port("127.0.0.1")?);
     println!(
         "\n== enforcer run --policy {} --state {} -- {}",
         policy.display(),
         state.display(),
         agent.display()
     );
+    // The operator: approves what the agent asks for, as a person would after reading it.
+    let operator = {
+        let (enforcer, admin, state) = (enforcer.to_owned(), admin.clone(), state.clone());
+        std::thread::spawn(move || approve_first_request(&enforcer, &admin, &state))
+    };
     let status = Command::new(enforcer)
         .arg("run")
         .arg("--policy")
         .arg(&policy)
         .arg("--state")
         .arg(&state)
-        .args(["--admin", "127.0.0.1:0", "--"])
+        .args(["--admin", &admin, "--"])
         .arg(&agent)
         .env("RUST_LOG", "error")
+        .env("ORDERS_DB_PASSWORD", "real-secret")
         .status()?;
+    let _ = operator.join();
     if !status.success() {
         bail!("the demo agent failed: {status}");
+    }
+    println!("\n== What the database holds now (as the DBA sees it)");
+    exec(Command::new("psql").args([
+        "-X",
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "demo",
+        "-c",
+        "SELECT id, name, email, card_number FROM customers ORDER BY id",
+    ]))?;
+
+    println!("\n== Statements, as recorded");
+    let log = std::fs::read_to_string(state.join("enforcement.log"))?;
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["event"] != "statement" {
+            continue;
+        }
+        println!(
+            "   {:<6} {:<10} {:<45} {}",
+            v["decision"].as_str().unwrap_or(""),
+            v["action"].as_str().unwrap_or(""),
+            v["statement"].as_str().unwrap_or(""),
+            [
+                v["policies"].as_str().unwrap_or(""),
+                v["grant"].as_str().unwrap_or("")
+            ]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+        );
     }
 
     println!(
@@ -249,11 +337,47 @@ fn demo(enforcer: &Path, dir: &Path) -> Result<()> {
             .arg(&state),
     )?;
     println!(
-        "\nDone. The database read was allowed and recorded; the forbidden call never left the host.\n\
-         (Credential injection, statement policy and masking for PostgreSQL come with the protocol issue;\n\
-         today resources are relayed as TCP.)"
+        "\nDone. The stale password opened nothing; reads were masked; the DELETE ran once, by an\n\
+         approved one-time grant; the forbidden call never left the host; everything is in the\n\
+         hash-chained audit log."
     );
     Ok(())
+}
+
+/// Waits for the agent's grant request and approves it through the operator CLI.
+fn approve_first_request(enforcer: &Path, admin: &str, state: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let listed = Command::new(enforcer)
+            .args(["approvals", "list", "--json", "--admin", admin, "--state"])
+            .arg(state)
+            .output();
+        let pending: Vec<serde_json::Value> = listed
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default();
+        if let Some(id) = pending.first().and_then(|a| a["id"].as_str()) {
+            println!(
+                "[operator] approving {id}: {}",
+                pending[0]["summary"].as_str().unwrap_or("")
+            );
+            let _ = Command::new(enforcer)
+                .args([
+                    "approvals",
+                    "approve",
+                    id,
+                    "--reason",
+                    "duplicate confirmed",
+                    "--admin",
+                    admin,
+                    "--state",
+                ])
+                .arg(state)
+                .status();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn indent(text: &str) -> String {

@@ -189,6 +189,13 @@ fn classify_statement(stmt: &Statement) -> Classified {
     });
     let mut tables = BTreeSet::new();
     let _ = visit_relations(stmt, |name: &ObjectName| {
+        // Table functions (`FROM dblink(...)`, `FROM pg_ls_dir(...)`) are relations here.
+        if let Some(fc) = function_class(&name.to_string())
+            && fc > class
+        {
+            class = fc;
+            because = Some(format!("calls {name}()"));
+        }
         tables.insert(name.to_string());
         ControlFlow::<()>::Continue(())
     });

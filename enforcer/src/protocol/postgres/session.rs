@@ -897,7 +897,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                         shared.expect.pop_front();
                     }
                 }
-                Some(frame)
+                Some(own_error_without_context(frame, bctx)?)
             }
             b'Z' => {
                 shared.expect.pop_front();
@@ -984,6 +984,28 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     }
 }
 
+/// enforcer's denials are raised by the server from an anonymous code block; the client
+/// needs the message, not the server's note of where it was raised.
+fn own_error_without_context(frame: BytesMut, bctx: &DecodeContext) -> Result<BytesMut, PgError> {
+    let PgWireBackendMessage::ErrorResponse(mut error) =
+        decode(frame.clone(), |b| PgWireBackendMessage::decode(b, bctx))?
+    else {
+        return Ok(frame);
+    };
+    let ours = error.fields.iter().any(|(k, v)| *k == b'C' && v == "42501")
+        && error
+            .fields
+            .iter()
+            .any(|(k, v)| *k == b'M' && v.starts_with("enforcer: "));
+    if !ours {
+        return Ok(frame);
+    }
+    error.fields.retain(|(k, _)| *k != b'W');
+    let mut out = BytesMut::new();
+    error.encode(&mut out)?;
+    Ok(out)
+}
+
 /// Types whose values are text in both formats (binary text is the UTF-8 bytes).
 fn is_text_type(oid: u32) -> bool {
     // text, varchar, bpchar, name, unknown, json, xml, citext-less defaults
@@ -1034,4 +1056,29 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_messages_cannot_escape_their_literal() {
+        let sql = raise("it's $$ END $$; DROP TABLE x; --");
+        // The body is quoted by a random dollar tag that appears exactly twice, and the
+        // message is one single-quoted literal with its quotes doubled.
+        let tag = sql.split('$').nth(1).expect("a dollar tag").to_owned();
+        assert!(tag.starts_with("enforcer_"), "{sql}");
+        assert_eq!(sql.matches(&format!("${tag}$")).count(), 2, "{sql}");
+        assert!(
+            sql.contains("MESSAGE = 'it''s $$ END $$; DROP TABLE x; --'; END"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
 }
