@@ -110,7 +110,9 @@ fn statement_class(stmt: &Statement) -> SqlClass {
         | Statement::Delete(_)
         | Statement::Merge(_) => Write,
         Statement::Copy { to, target, .. } => match target {
-            CopyTarget::Stdin | CopyTarget::Stdout if *to => Read,
+            // COPY's data rows are not masked yet (CopyData carries no column types): an
+            // export is as powerful as reading every value unmasked.
+            CopyTarget::Stdin | CopyTarget::Stdout if *to => Admin,
             CopyTarget::Stdin | CopyTarget::Stdout => Write,
             // Server-side files and programs: the database host's file system and shell.
             CopyTarget::File { .. } | CopyTarget::Program { .. } => Admin,
@@ -174,7 +176,11 @@ fn classify_statement(stmt: &Statement) -> Classified {
     let mut class = SqlClass::Read;
     let mut because = None;
     let _ = visit_statements(stmt, |s| {
-        class = class.max(statement_class(s));
+        let this = statement_class(s);
+        if matches!(s, Statement::Copy { to: true, .. }) && this > class {
+            because = Some("copies data out, and COPY output is not masked yet".into());
+        }
+        class = class.max(this);
         ControlFlow::<()>::Continue(())
     });
     let _ = visit_expressions(stmt, |e| {
@@ -227,7 +233,7 @@ mod tests {
             ("COMMIT", Read),
             ("SET statement_timeout = 5000", Read),
             ("EXPLAIN SELECT * FROM t", Read),
-            ("COPY customers TO STDOUT", Read),
+            ("COPY customers TO STDOUT", Admin),
             ("INSERT INTO orders VALUES (1)", Write),
             ("UPDATE orders SET total = 0", Write),
             ("DELETE FROM customers WHERE id = 1", Write),
