@@ -54,6 +54,18 @@ pub struct Metrics {
     pub approvals_pending: Gauge,
     pub approval_decision_seconds: Family<ApprovalLabels, Histogram>,
     pub masked_values: Family<DetectorLabels, Counter>,
+    pub statements: Family<StatementLabels, Counter>,
+    /// How long held statements waited for a decision.
+    pub hold_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabels {
+    pub resource: String,
+    /// e.g. sql:write
+    pub action: String,
+    /// allow | deny
+    pub decision: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,7 +151,23 @@ impl Metrics {
             "Values masked in answers to the workload, by content detector",
             masked_values.clone(),
         );
+        let statements = Family::<StatementLabels, Counter>::default();
+        registry.register(
+            "statements",
+            "Statements and requests decided, by resource, action and decision",
+            statements.clone(),
+        );
+        let hold_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.5, 2.0, 14),
+        );
+        registry.register(
+            "hold_seconds",
+            "Time held statements waited for an operator's decision",
+            hold_seconds.clone(),
+        );
         Metrics {
+            statements,
+            hold_seconds,
             masked_values,
             grants,
             approvals_pending,

@@ -364,6 +364,16 @@ fn statements_are_decided_masked_and_recorded() {
         "1"
     );
 
+    let (_, metrics) = http_get(&admin, "/metrics");
+    for line in [
+        "enforcer_statements_total{resource=\"shop\",action=\"sql:write\",decision=\"deny\"}",
+        "enforcer_statements_total{resource=\"shop\",action=\"sql:read\",decision=\"allow\"}",
+        "enforcer_masked_values_total{detector=\"email\"}",
+        "enforcer_hold_seconds_count 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
     drop(_daemon);
     let recorded = statements(&env.state);
     let find = |needle: &str, decision: &str| {
@@ -380,6 +390,50 @@ fn statements_are_decided_masked_and_recorded() {
         .find(|e| e["decision"] == "allow" && e["action"] == "sql:write" && e["grant"].is_string())
         .expect("a write allowed by the grant");
     assert_eq!(granted_delete["policies"][0], "granted-writes");
+    // The session, read back from the audit chain.
+    let session = granted_delete["connection"]
+        .as_u64()
+        .expect("connection id")
+        .to_string();
+    let state = env.state.display().to_string();
+    let shown = Command::new(ENFORCER)
+        .args(["sessions", "show", &session, "--state", &state])
+        .output()
+        .expect("sessions show");
+    assert!(shown.status.success(), "{}", describe(&shown));
+    let text = stdout(&shown);
+    assert!(text.contains("connect") && text.contains("psql"), "{text}");
+    assert!(
+        text.contains("DELETE FROM customers WHERE id = 2") && text.contains("grant g-"),
+        "{text}"
+    );
+    assert!(text.contains("closed"), "{text}");
+    let denied = recorded
+        .iter()
+        .find(|e| {
+            e["decision"] == "deny"
+                && e["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("DROP"))
+        })
+        .expect("the DROP");
+    let replay = Command::new(ENFORCER)
+        .args([
+            "sessions",
+            "replay",
+            &denied["connection"].to_string(),
+            "--state",
+            &state,
+        ])
+        .output()
+        .expect("sessions replay");
+    assert!(replay.status.success(), "{}", describe(&replay));
+    assert!(
+        stdout(&replay).contains("sql:ddl DENIED: forbidden by no-ddl\n-- DROP TABLE customers;"),
+        "{}",
+        stdout(&replay)
+    );
+
     let audit = read_json_lines(&env.state.join("audit.jsonl"));
     let raw = serde_json::to_string(&audit).expect("json");
     assert!(!raw.contains("real-secret") && !raw.contains("stale-static-password"));

@@ -703,10 +703,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         .into();
         held.encode(&mut notice)?;
         self.writer.lock().await.write_all(&notice).await?;
+        let held_since = std::time::Instant::now();
         let decided = approvals
             .wait(&row.id, approvals.timeout() + Duration::from_secs(2))
             .await
             .map_err(|e| PgError::Upstream(e.to_string()))?;
+        self.ctx
+            .metrics
+            .hold_seconds
+            .observe(held_since.elapsed().as_secs_f64());
         Ok(match decided.status.as_str() {
             "approved" => Ok(row.id),
             "denied" => Err((
@@ -749,6 +754,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             reason,
         };
         self.ctx
+            .metrics
+            .statements
+            .get_or_create(&crate::metrics::StatementLabels {
+                resource: event.resource.clone(),
+                action: event.action.clone(),
+                decision: event.decision.clone(),
+            })
+            .inc();
+        self.ctx
             .recorder
             .record(Event::Statement(event))
             .await
@@ -778,6 +792,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             approval,
             reason,
         };
+        self.ctx
+            .metrics
+            .statements
+            .get_or_create(&crate::metrics::StatementLabels {
+                resource: event.resource.clone(),
+                action: event.action.clone(),
+                decision: event.decision.clone(),
+            })
+            .inc();
         self.ctx
             .recorder
             .record(Event::Statement(event))
