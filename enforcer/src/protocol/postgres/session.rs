@@ -116,6 +116,8 @@ pub async fn run(
     resource: &Resource,
     stats: &mut RelayStats,
 ) -> Result<(), PgError> {
+    // Messages go out as they are decided: small writes must not wait for delayed ACKs.
+    client.set_nodelay(true)?;
     let (cr, cw) = client.split();
     let writer = Mutex::new(cw);
     let mut creader = FrameReader::new(cr);
@@ -190,6 +192,7 @@ pub async fn run(
             return Err(PgError::Upstream(e.to_string()));
         }
     };
+    up.set_nodelay(true)?;
     let (ur, mut uw) = up.split();
     let mut ureader = FrameReader::new(ur);
     if let Err(e) = authenticate(&mut ureader, &mut uw, &secret, &forwarded).await {
@@ -240,7 +243,10 @@ async fn fatal<W: AsyncWrite + Unpin>(writer: &Mutex<W>, code: &str, message: &s
 
 /// What the policy decided for one statement.
 enum Verdict {
-    Allow { grant_based: bool },
+    Allow {
+        grant_based: bool,
+        policies: Vec<String>,
+    },
     Deny(String),
 }
 
@@ -258,6 +264,8 @@ struct Prepared {
     classified: Classified,
     /// Allowed because of a grant: each execution takes a use and stops when the grant ends.
     grant_based: bool,
+    /// The policies that allowed it, recorded with each execution.
+    policies: Vec<String>,
 }
 
 impl<W: AsyncWrite + Unpin> Session<'_, W> {
@@ -337,15 +345,22 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     };
                     let portal = e.name.clone().unwrap_or_default();
                     let statement = portals.get(&portal).cloned().unwrap_or_default();
-                    let needs_grant = prepared.get(&statement).filter(|p| p.grant_based).cloned();
-                    match needs_grant {
-                        Some(p) => match self.use_grant(&p.classified).await? {
+                    match prepared.get(&statement).cloned() {
+                        Some(p) if p.grant_based => match self.use_grant(&p.classified).await? {
                             Ok(_) => {
                                 out.extend_from_slice(&frame);
                                 self.expect(Expect::Execute { portal });
                             }
                             Err(message) => self.inject_denial(&mut out, &message)?,
                         },
+                        Some(p) => {
+                            if !p.classified.text.is_empty() {
+                                self.record(&p.classified, "allow", p.policies, None, None, None)
+                                    .await?;
+                            }
+                            out.extend_from_slice(&frame);
+                            self.expect(Expect::Execute { portal });
+                        }
                         None => {
                             out.extend_from_slice(&frame);
                             self.expect(Expect::Execute { portal });
@@ -460,7 +475,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             }
         };
         for stmt in &statements {
-            match self.decide(stmt, consume).await? {
+            match self.decide(stmt, consume, true).await? {
                 Verdict::Allow { .. } => {}
                 Verdict::Deny(message) => return Ok(Err(message)),
             }
@@ -496,12 +511,18 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     text: String::new(),
                 },
                 grant_based: false,
+                policies: Vec::new(),
             }));
         };
-        Ok(match self.decide(stmt, false).await? {
-            Verdict::Allow { grant_based, .. } => Ok(Prepared {
+        // Recorded at each execution (a prepared statement may run many times, or never).
+        Ok(match self.decide(stmt, false, false).await? {
+            Verdict::Allow {
+                grant_based,
+                policies,
+            } => Ok(Prepared {
                 classified: stmt.clone(),
                 grant_based,
+                policies,
             }),
             Verdict::Deny(message) => Err(message),
         })
@@ -550,7 +571,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         }
     }
 
-    async fn decide(&self, stmt: &Classified, consume: bool) -> Result<Verdict, PgError> {
+    async fn decide(
+        &self,
+        stmt: &Classified,
+        consume: bool,
+        record_allow: bool,
+    ) -> Result<Verdict, PgError> {
         let class = stmt.class.as_str();
         let action = format!("sql:{class}");
         let authz = &self.ctx.policy.authz;
@@ -645,16 +671,21 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 }
             }
         }
-        self.record(
-            stmt,
-            "allow",
-            decision.policies.clone(),
-            grant.clone(),
-            approval_id,
-            None,
-        )
-        .await?;
-        Ok(Verdict::Allow { grant_based })
+        if record_allow || approval_id.is_some() {
+            self.record(
+                stmt,
+                "allow",
+                decision.policies.clone(),
+                grant.clone(),
+                approval_id,
+                None,
+            )
+            .await?;
+        }
+        Ok(Verdict::Allow {
+            grant_based,
+            policies: decision.policies,
+        })
     }
 
     /// Holds the statement until an operator decides; tells the client why it waits.
