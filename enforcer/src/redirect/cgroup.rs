@@ -56,9 +56,19 @@ impl WorkloadCgroup {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&parent).map_err(err)?;
-        std::fs::create_dir(&path).map_err(err)?;
-        Ok(WorkloadCgroup { path })
+        // Another run's teardown removes the shared parent when it looks empty: if it did so
+        // between our two mkdirs, make it again.
+        let mut attempts = 0;
+        loop {
+            std::fs::create_dir_all(&parent).map_err(err)?;
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(WorkloadCgroup { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
