@@ -440,7 +440,8 @@ fn statements_are_decided_masked_and_recorded() {
 }
 
 /// pgbench drives thousands of statements per second through enforcer in each protocol mode;
-/// every one of them must be in the audit chain (backpressure, never loss).
+/// every one of them must be in the audit chain (backpressure, never loss), even when the
+/// daemon is killed right after.
 #[test]
 fn every_statement_is_recorded_under_load() {
     let env = Env::new();
@@ -504,9 +505,12 @@ fn every_statement_is_recorded_under_load() {
             e["decision"] == "allow" && e["statement"] == "SELECT name FROM customers WHERE id = 1"
         })
         .count() as u64;
-    assert_eq!(
-        recorded, total,
-        "every statement pgbench ran is in the audit chain"
+    // The daemon was killed (SIGKILL), not stopped: a statement runs only once its record is
+    // in the file, so every statement pgbench completed is there. A statement in flight when
+    // a client stopped may be recorded without pgbench counting it (at most one per client).
+    assert!(
+        recorded >= total && recorded <= total + 3 * 4,
+        "pgbench completed {total} statements, the audit chain holds {recorded}"
     );
     let verify = Command::new(ENFORCER)
         .args(["audit", "verify", "--state"])

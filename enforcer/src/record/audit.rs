@@ -197,7 +197,7 @@ const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// after a write. Returns the number of records written.
 pub fn spawn_writer(
     mut log: AuditLog,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<super::Queued>,
 ) -> std::thread::JoinHandle<Result<u64, AuditError>> {
     std::thread::Builder::new()
         .name("audit-writer".into())
@@ -216,10 +216,13 @@ pub fn spawn_writer(
                 tokio::pin!(sync_at);
                 loop {
                     tokio::select! {
-                        event = rx.recv() => {
-                            let Some(event) = event else { break };
+                        queued = rx.recv() => {
+                            let Some(super::Queued { event, written: ack }) = queued else { break };
                             event.log();
                             log.append(&event)?;
+                            if let Some(ack) = ack {
+                                let _ = ack.send(());
+                            }
                             written += 1;
                             if !dirty {
                                 dirty = true;

@@ -793,9 +793,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 decision: event.decision.clone(),
             })
             .inc();
+        // The statement goes on only once its record is in the audit file.
         self.ctx
             .recorder
-            .record(Event::Statement(event))
+            .record_written(Event::Statement(event))
             .await
             .map_err(|_| PgError::Recorder)
     }
@@ -832,9 +833,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 decision: event.decision.clone(),
             })
             .inc();
+        // The statement goes on only once its record is in the audit file.
         self.ctx
             .recorder
-            .record(Event::Statement(event))
+            .record_written(Event::Statement(event))
             .await
             .map_err(|_| PgError::Recorder)
     }
