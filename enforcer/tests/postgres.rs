@@ -408,6 +408,27 @@ fn statements_are_decided_masked_and_recorded() {
         "{text}"
     );
     assert!(text.contains("closed"), "{text}");
+    assert!(
+        text.contains("done     DELETE 1 · 0 rows returned"),
+        "{text}"
+    );
+    let outcomes: Vec<Value> = read_json_lines(&env.state.join("audit.jsonl"))
+        .into_iter()
+        .map(|mut r| r["event"].take())
+        .filter(|e| e["kind"] == "statement_done")
+        .collect();
+    assert!(
+        outcomes
+            .iter()
+            .any(|e| e["tag"] == "SELECT 2" && e["rows_returned"] == 2),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|e| e["error"].as_str().is_some_and(|m| m.contains("denied"))),
+        "{outcomes:?}"
+    );
     let denied = recorded
         .iter()
         .find(|e| {

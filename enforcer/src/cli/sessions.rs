@@ -152,6 +152,18 @@ fn show(id: u64, state: &std::path::Path, replay: bool) -> anyhow::Result<ExitCo
                     );
                 }
             }
+            ("statement_done", false) => println!(
+                "{at}  done     {}{} rows returned, {} µs{}",
+                event["tag"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                    .map_or(String::new(), |t| format!("{} · ", clean(t))),
+                event["rows_returned"],
+                event["duration_us"],
+                event["error"]
+                    .as_str()
+                    .map_or(String::new(), |e| format!(" · error: {}", clean(e)))
+            ),
             ("connection_closed", false) => println!(
                 "{at}  closed   {} bytes to the server, {} to the client, {} ms{}",
                 event["bytes_to_upstream"],

@@ -118,10 +118,28 @@ pub struct StatementDecided {
     pub reason: Option<String>,
 }
 
+/// How an allowed statement ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementDone {
+    pub connection: u64,
+    pub resource: String,
+    /// The server's command tag (`DELETE 1`, `SELECT 3`), empty on error.
+    pub tag: String,
+    /// Rows sent to the client.
+    pub rows_returned: u64,
+    /// Rows the command affected, from its tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_affected: Option<u64>,
+    pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Statement(StatementDecided),
+    StatementDone(StatementDone),
     ConnectionDecided(ConnectionDecided),
     ConnectionClosed(ConnectionClosed),
     Grant(GrantEvent),
@@ -199,6 +217,18 @@ impl Event {
                 approval = e.approval.as_deref().unwrap_or(""),
                 reason = e.reason.as_deref().unwrap_or(""),
                 "statement {}", e.decision
+            ),
+            Event::StatementDone(e) => tracing::info!(
+                target: "enforcer::decision",
+                event = "statement_done",
+                connection = e.connection,
+                resource = %e.resource,
+                tag = %e.tag,
+                rows_returned = e.rows_returned,
+                rows_affected = e.rows_affected.unwrap_or(0),
+                duration_us = e.duration_us,
+                error = e.error.as_deref().unwrap_or(""),
+                "statement done"
             ),
             Event::Grant(e) => tracing::info!(
                 target: "enforcer::decision",

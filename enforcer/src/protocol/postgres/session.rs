@@ -46,7 +46,7 @@ use crate::{
     policy::Resource,
     protocol::HandlerContext,
     proxy::{Connection, RelayStats, connect_upstream},
-    record::{Event, StatementDecided},
+    record::{Event, StatementDecided, StatementDone},
 };
 
 /// Largest message accepted from the workload.
@@ -100,6 +100,9 @@ struct Shared {
     portals: HashMap<String, Vec<Column>>,
     /// Columns of the simple query's current result set.
     query_columns: Option<Vec<Column>>,
+    /// When the statement whose reply comes next was sent on (or the one before it ended).
+    running_since: Option<std::time::Instant>,
+    rows: u64,
 }
 
 fn lock(shared: &StdMutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -433,7 +436,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     }
 
     fn expect(&self, e: Expect) {
-        lock(self.shared).expect.push_back(e);
+        let mut shared = lock(self.shared);
+        if matches!(e, Expect::Query | Expect::Execute { .. }) && shared.running_since.is_none() {
+            shared.running_since = Some(std::time::Instant::now());
+        }
+        shared.expect.push_back(e);
     }
 
     /// In place of a denied extended-protocol statement: the server raises enforcer's error
@@ -850,10 +857,95 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             let Some(frame) = reader.message(MAX_BACKEND).await? else {
                 return Ok(());
             };
+            let tag = frame[0];
+            let done = self.statement_done(&frame, tag, &bctx);
             let forward = self.on_server_message(frame, &bctx)?;
             if let Some(bytes) = forward {
                 self.writer.lock().await.write_all(&bytes).await?;
             }
+            if let Some(done) = done {
+                self.ctx
+                    .recorder
+                    .record(Event::StatementDone(done))
+                    .await
+                    .map_err(|_| PgError::Recorder)?;
+            }
+        }
+    }
+
+    /// Counts rows and, when a statement's reply ends, says how it ended (before
+    /// [`Self::on_server_message`] moves the expectations on).
+    fn statement_done(
+        &self,
+        frame: &BytesMut,
+        tag: u8,
+        bctx: &DecodeContext,
+    ) -> Option<StatementDone> {
+        let mut shared = lock(self.shared);
+        let running = matches!(
+            shared.expect.front(),
+            Some(Expect::Query | Expect::Execute { .. })
+        );
+        match tag {
+            b'D' => {
+                shared.rows += 1;
+                None
+            }
+            b'C' | b'I' | b's' | b'E' if running => {
+                let now = std::time::Instant::now();
+                let since = shared.running_since.unwrap_or(now);
+                let rows = std::mem::take(&mut shared.rows);
+                shared.running_since = Some(now);
+                let (text_tag, error) = if tag == b'E' {
+                    let message = decode(frame.clone(), |b| PgWireBackendMessage::decode(b, bctx))
+                        .ok()
+                        .and_then(|m| match m {
+                            PgWireBackendMessage::ErrorResponse(e) => e
+                                .fields
+                                .into_iter()
+                                .find(|(k, _)| *k == b'M')
+                                .map(|(_, v)| v),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| "error".into());
+                    (String::new(), Some(message))
+                } else if tag == b'C' {
+                    let text = body(frame)
+                        .split(|&b| b == 0)
+                        .next()
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                        .unwrap_or_default();
+                    (text, None)
+                } else {
+                    (String::new(), None)
+                };
+                let rows_affected = text_tag
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|_| !text_tag.starts_with("SELECT"));
+                Some(StatementDone {
+                    connection: self.conn.id,
+                    resource: self.resource.name.clone(),
+                    tag: text_tag,
+                    rows_returned: rows,
+                    rows_affected,
+                    duration_us: now.duration_since(since).as_micros() as u64,
+                    error,
+                })
+            }
+            b'Z' => {
+                // Pipelined statements already sent start being timed now.
+                let more = shared
+                    .expect
+                    .iter()
+                    .skip(1)
+                    .any(|e| matches!(e, Expect::Query | Expect::Execute { .. }));
+                shared.running_since = more.then(std::time::Instant::now);
+                shared.rows = 0;
+                None
+            }
+            _ => None,
         }
     }
 
