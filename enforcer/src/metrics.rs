@@ -57,6 +57,13 @@ pub struct Metrics {
     pub statements: Family<StatementLabels, Counter>,
     /// How long held statements waited for a decision.
     pub hold_seconds: Histogram,
+    /// From forwarding a statement upstream to its completion, by resource.
+    pub upstream_seconds: Family<ResourceLabels, Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,7 +172,19 @@ impl Metrics {
             "Time held statements waited for an operator's decision",
             hold_seconds.clone(),
         );
+        // 50 µs to ~0.8 s.
+        let upstream_seconds = Family::<ResourceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                5e-5, 2.0, 15,
+            ))
+        });
+        registry.register(
+            "upstream_seconds",
+            "Time from forwarding a statement to the resource until it completed",
+            upstream_seconds.clone(),
+        );
         Metrics {
+            upstream_seconds,
             statements,
             hold_seconds,
             masked_values,

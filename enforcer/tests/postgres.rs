@@ -370,6 +370,7 @@ fn statements_are_decided_masked_and_recorded() {
         "enforcer_statements_total{resource=\"shop\",action=\"sql:read\",decision=\"allow\"}",
         "enforcer_masked_values_total{detector=\"email\"}",
         "enforcer_hold_seconds_count 1",
+        "enforcer_upstream_seconds_count{resource=\"shop\"}",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }

@@ -865,6 +865,13 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             }
             if let Some(done) = done {
                 self.ctx
+                    .metrics
+                    .upstream_seconds
+                    .get_or_create(&crate::metrics::ResourceLabels {
+                        resource: done.resource.clone(),
+                    })
+                    .observe(done.duration_us as f64 / 1e6);
+                self.ctx
                     .recorder
                     .record(Event::StatementDone(done))
                     .await
