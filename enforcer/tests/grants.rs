@@ -46,16 +46,6 @@ fn grant_policy(env: &Env, name: &str, timeout: &str, webhook: Option<&str>) -> 
     dir
 }
 
-/// The operator on the host: `enforcer …` with the admin address and a state directory.
-fn operator(admin: &str, state: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(ENFORCER);
-    cmd.args(args)
-        .args(["--admin", admin])
-        .arg("--state")
-        .arg(state);
-    output_within(cmd, T)
-}
-
 /// `enforcer …` run inside the enforced cgroup, as the workload.
 fn workload(cg: &TestCgroup, admin: &str, args: &[&str]) -> Command {
     let mut all: Vec<&str> = args.to_vec();
@@ -80,21 +70,6 @@ fn finish(mut child: Child) -> Output {
         }
         assert!(Instant::now() < deadline, "workload did not finish");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Polls until one approval is pending and returns it.
-fn pending_approval(admin: &str, state: &Path) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let out = operator(admin, state, &["approvals", "list", "--json"]);
-        assert!(out.status.success(), "{}", describe(&out));
-        let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
-        if let Some(first) = list.into_iter().next() {
-            return first;
-        }
-        assert!(Instant::now() < deadline, "no approval became pending");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

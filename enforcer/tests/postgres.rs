@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::Path,
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::*;
@@ -116,28 +116,6 @@ fn statements(state: &Path) -> Vec<Value> {
         .map(|mut r| r["event"].take())
         .filter(|e| e["kind"] == "statement")
         .collect()
-}
-
-fn operator(admin: &str, state: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(ENFORCER);
-    cmd.args(args)
-        .args(["--admin", admin])
-        .arg("--state")
-        .arg(state);
-    output_within(cmd, T)
-}
-
-fn pending_approval(admin: &str, state: &Path) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let out = operator(admin, state, &["approvals", "list", "--json"]);
-        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(first) = list.into_iter().next() {
-            return first;
-        }
-        assert!(Instant::now() < deadline, "nothing became pending");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -269,14 +269,7 @@ impl Grants {
         self.audit("requested", &row, None, None).await?;
         if !decision.allowed {
             let why = decision.explain();
-            row.status = "denied".into();
-            row.decided_by = Some("policy".into());
-            row.decision_reason = Some(why.clone());
-            self.store.insert_grant(&row).await?;
-            self.metrics.grant_event("denied");
-            self.audit("denied", &row, Some("policy".into()), Some(why.clone()))
-                .await?;
-            return Err(GrantError::Denied(why));
+            return self.refuse(row, why).await;
         }
         if let Some(max) = decision.max_ttl
             && ttl > max
@@ -287,14 +280,7 @@ impl Grants {
                 humantime::format_duration(max),
                 decision.policies.join(", ")
             );
-            row.status = "denied".into();
-            row.decided_by = Some("policy".into());
-            row.decision_reason = Some(why.clone());
-            self.store.insert_grant(&row).await?;
-            self.metrics.grant_event("denied");
-            self.audit("denied", &row, Some("policy".into()), Some(why.clone()))
-                .await?;
-            return Err(GrantError::Denied(why));
+            return self.refuse(row, why).await;
         }
         if decision.approval_required {
             if self.store.pending_approvals_of(&row.workload).await? >= MAX_PENDING {
@@ -361,6 +347,18 @@ impl Grants {
         self.store.insert_grant(&row).await?;
         self.cache(&row, true);
         Ok(row)
+    }
+
+    /// The policy said no: kept (store and audit) and answered with the reason.
+    async fn refuse(&self, mut row: GrantRow, why: String) -> Result<GrantRow, GrantError> {
+        row.status = "denied".into();
+        row.decided_by = Some("policy".into());
+        row.decision_reason = Some(why.clone());
+        self.store.insert_grant(&row).await?;
+        self.metrics.grant_event("denied");
+        self.audit("denied", &row, Some("policy".into()), Some(why.clone()))
+            .await?;
+        Err(GrantError::Denied(why))
     }
 
     async fn issued(&self, row: &GrantRow) -> Result<(), GrantError> {

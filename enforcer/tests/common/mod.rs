@@ -506,3 +506,28 @@ impl HttpServer {
         }
     }
 }
+
+/// The operator on the host: `enforcer …` with the admin address and a state directory.
+pub fn operator(admin: &str, state: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(ENFORCER);
+    cmd.args(args)
+        .args(["--admin", admin])
+        .arg("--state")
+        .arg(state);
+    output_within(cmd, Duration::from_secs(60))
+}
+
+/// Polls until one approval is pending and returns it.
+pub fn pending_approval(admin: &str, state: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = operator(admin, state, &["approvals", "list", "--json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+        if let Some(first) = list.into_iter().next() {
+            return first;
+        }
+        assert!(Instant::now() < deadline, "no approval became pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -777,35 +777,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         approval: Option<String>,
         reason: Option<String>,
     ) -> Result<(), PgError> {
-        let event = StatementDecided {
-            connection: self.conn.id,
-            workload: self.ctx.workload.to_owned(),
-            principal: self.ctx.principal.name.clone(),
-            resource: self.resource.name.clone(),
-            action: action.to_owned(),
-            tables: Vec::new(),
-            statement: truncate(text, RECORDED_TEXT),
-            decision: decision.to_owned(),
-            policies,
-            grant,
-            approval,
-            reason,
-        };
-        self.ctx
-            .metrics
-            .statements
-            .get_or_create(&crate::metrics::StatementLabels {
-                resource: event.resource.clone(),
-                action: event.action.clone(),
-                decision: event.decision.clone(),
-            })
-            .inc();
-        // The statement goes on only once its record is in the audit file.
-        self.ctx
-            .recorder
-            .record_written(Event::Statement(event))
-            .await
-            .map_err(|_| PgError::Recorder)
+        let mut event = self.decided(action, text, decision);
+        event.policies = policies;
+        event.grant = grant;
+        event.approval = approval;
+        event.reason = reason;
+        self.emit(event).await
     }
 
     async fn record(
@@ -817,20 +794,33 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         approval: Option<String>,
         reason: Option<String>,
     ) -> Result<(), PgError> {
-        let event = StatementDecided {
+        let mut event = self.decided(&format!("sql:{}", stmt.class), &stmt.text, decision);
+        event.tables = stmt.tables.iter().cloned().collect();
+        event.policies = policies;
+        event.grant = grant;
+        event.approval = approval;
+        event.reason = reason;
+        self.emit(event).await
+    }
+
+    fn decided(&self, action: &str, text: &str, decision: &str) -> StatementDecided {
+        StatementDecided {
             connection: self.conn.id,
             workload: self.ctx.workload.to_owned(),
             principal: self.ctx.principal.name.clone(),
             resource: self.resource.name.clone(),
-            action: format!("sql:{}", stmt.class),
-            tables: stmt.tables.iter().cloned().collect(),
-            statement: truncate(&stmt.text, RECORDED_TEXT),
+            action: action.to_owned(),
+            tables: Vec::new(),
+            statement: truncate(text, RECORDED_TEXT),
             decision: decision.to_owned(),
-            policies,
-            grant,
-            approval,
-            reason,
-        };
+            policies: Vec::new(),
+            grant: None,
+            approval: None,
+            reason: None,
+        }
+    }
+
+    async fn emit(&self, event: StatementDecided) -> Result<(), PgError> {
         self.ctx
             .metrics
             .statements
