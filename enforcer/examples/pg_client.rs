@@ -6,7 +6,12 @@ use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port = std::env::args().nth(1).ok_or("usage: pg_client PORT")?;
+    let port = std::env::args()
+        .nth(1)
+        .ok_or("usage: pg_client PORT [garbage]")?;
+    if std::env::args().nth(2).as_deref() == Some("garbage") {
+        return garbage(&port).await;
+    }
     let config =
         format!("host=127.0.0.1 port={port} user=agent password=stale-static-password dbname=shop");
     let (client, connection) = tokio_postgres::connect(&config, tokio_postgres::NoTls).await?;
@@ -53,5 +58,66 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let again = client.query_one("SELECT 1::int", &[]).await?;
     let one: i32 = again.get(0);
     println!("{}", json!({"step": "after", "value": one}));
+
+    // A long statement cancelled from a second connection (the CancelRequest goes through
+    // enforcer, which maps its key to the server's).
+    let token = client.cancel_token();
+    let sleeper = client.query_one("SELECT pg_sleep(30)::text", &[]);
+    let canceller = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    };
+    let started = std::time::Instant::now();
+    let (slept, cancelled) = futures_util::future::join(sleeper, canceller).await;
+    let code = slept
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned()));
+    println!(
+        "{}",
+        json!({"step": "cancel", "sent": cancelled.is_ok(), "code": code, "secs": started.elapsed().as_secs()})
+    );
+    Ok(())
+}
+
+/// A client that logs in properly, then sends a message whose length is a lie: enforcer must
+/// end the session with an error, not hang or crash.
+async fn garbage(port: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608i32.to_be_bytes());
+    for (k, v) in [("user", "agent"), ("database", "shop")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    s.write_all(&((body.len() + 4) as i32).to_be_bytes())
+        .await?;
+    s.write_all(&body).await?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Up to the first ReadyForQuery ('Z', length 5, status).
+    while !seen.windows(5).any(|w| w == b"Z\0\0\0\x05") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err("closed before ReadyForQuery".into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // A Query claiming to be 2 GB long, then an unknown message type.
+    s.write_all(b"Q\x7f\xff\xff\xf0SELECT 1").await?;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut reply),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    println!(
+        "{}",
+        json!({"step": "garbage", "closed": read.is_ok(), "error": text.contains("08P01"), "reply": text})
+    );
     Ok(())
 }

@@ -20,4 +20,5 @@ pub mod record;
 pub mod redirect;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod workload;

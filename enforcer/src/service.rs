@@ -51,6 +51,8 @@ pub enum ServiceError {
     SigningKey(#[from] TokenError),
     #[error(transparent)]
     OperatorToken(#[from] TokenFileError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("approval webhook: {0}")]
     Webhook(String),
 }
@@ -118,6 +120,7 @@ impl Service {
         let store = Store::open(&location).await?;
         let signer = GrantSigner::load_or_create(&cfg.state_dir)?;
         let operator_token = OperatorToken::load_or_create(&cfg.state_dir)?;
+        let authority = Arc::new(crate::tls::Authority::load_or_create(&cfg.state_dir)?);
         let webhook = cfg
             .policy
             .approvals
@@ -208,6 +211,10 @@ impl Service {
                 workload_router,
             }),
             Some(Arc::clone(&grants)),
+            Arc::new(crate::protocol::Shared {
+                tls: Some(authority),
+                ..Default::default()
+            }),
         ));
         let proxy_task = tokio::spawn(proxy.serve(listeners));
         let admin_task = tokio::spawn(admin::serve(admin_listener, router));

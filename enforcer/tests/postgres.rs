@@ -43,6 +43,10 @@ struct Shop {
 }
 
 fn shop(env: &Env) -> Shop {
+    shop_with(env, "20s")
+}
+
+fn shop_with(env: &Env, approval_timeout: &str) -> Shop {
     let pg = postgres::Postgres::start();
     pg.database("shop");
     pg.scram_role("app", "real-secret");
@@ -53,6 +57,9 @@ fn shop(env: &Env) -> Shop {
            (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111', 'call +44 20 7946 0958'),
            (2, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004', 'prefers email');
          CREATE TABLE audit_notes (id serial, note text);
+         CREATE TABLE staff (id int, salary text);
+         INSERT INTO staff VALUES (1, '91000');
+         GRANT SELECT ON staff TO app;
          GRANT SELECT, INSERT, UPDATE, DELETE ON customers, audit_notes TO app;
          GRANT USAGE ON SEQUENCE audit_notes_id_seq TO app;
          GRANT CREATE ON SCHEMA public TO app;",
@@ -65,9 +72,26 @@ fn shop(env: &Env) -> Shop {
     std::fs::write(
         dir.join("shop.yaml"),
         format!(
-            "resources:\n  - name: shop\n    protocol: postgres\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}, username: app}}\n    masking:\n      columns: [\"card*\"]\n      strategy: partial\napprovals:\n  timeout: 20s\n",
-            pg.port,
-            secret.display()
+            "resources:
+  - name: shop
+    protocol: postgres
+    addresses: [\"127.0.0.1:{port}\"]
+    credential: {{file: {secret}, username: app}}
+    upstream_tls: {{ca: {ca}}}
+    masking:
+      columns: [\"card*\", \"staff.salary\"]
+      strategy: partial
+  - name: gone
+    protocol: postgres
+    addresses: [\"127.0.0.1:{gone}\"]
+    credential: {{file: {secret}, username: app}}
+approvals:
+  timeout: {approval_timeout}
+",
+            port = pg.port,
+            secret = secret.display(),
+            ca = pg.ca.display(),
+            gone = free_port(),
         ),
     )
     .expect("yaml");
@@ -77,6 +101,10 @@ fn shop(env: &Env) -> Shop {
 
 /// psql inside the enforced cgroup, with the agent's stale static password.
 fn agent_psql(cg: &TestCgroup, port: u16, sql: &str) -> Output {
+    agent_psql_with(cg, port, sql, &[])
+}
+
+fn agent_psql_with(cg: &TestCgroup, port: u16, sql: &str, env: &[(&str, &str)]) -> Output {
     let port = port.to_string();
     let mut cmd = cg.command(
         "psql",
@@ -98,8 +126,45 @@ fn agent_psql(cg: &TestCgroup, port: u16, sql: &str) -> Output {
     );
     cmd.env("PGPASSWORD", "stale-static-password")
         .env("PGCONNECT_TIMEOUT", "10")
+        .envs(env.iter().copied())
         .stdin(Stdio::null());
     output_within(cmd, T)
+}
+
+/// psql in the background, for statements that will be held.
+fn spawn_agent_psql(cg: &TestCgroup, port: u16, sql: &str) -> std::process::Child {
+    let port = port.to_string();
+    let mut cmd = cg.command(
+        "psql",
+        &[
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "agent",
+            "-d",
+            "shop",
+            "-c",
+            sql,
+        ],
+    );
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("psql")
+}
+
+fn pg_client(env: &Env) -> std::path::PathBuf {
+    let client = Path::new(ENFORCER)
+        .parent()
+        .expect("target dir")
+        .join("examples/pg_client");
+    let tool = env.path().join("pg_client");
+    std::fs::copy(&client, &tool)
+        .expect("copy pg_client (build it: cargo build --example pg_client)");
+    tool
 }
 
 fn stdout(out: &Output) -> String {
@@ -210,12 +275,7 @@ fn statements_are_decided_masked_and_recorded() {
 
     // Extended protocol (tokio-postgres: prepared statements, binary formats, pipelining):
     // masked the same way, and a denied statement fails at its place in the pipeline.
-    let client = Path::new(ENFORCER)
-        .parent()
-        .expect("target dir")
-        .join("examples/pg_client");
-    let tool = env.path().join("pg_client");
-    std::fs::copy(&client, &tool).expect("copy pg_client (cargo test builds examples)");
+    let tool = pg_client(&env);
     let out = output_within(
         cg.command(&tool.display().to_string(), &[&port.to_string()]),
         T,
@@ -238,6 +298,14 @@ fn statements_are_decided_masked_and_recorded() {
         "{steps:?}"
     );
     assert_eq!(steps[3]["value"], 1);
+    // Cancelled through enforcer: the server stopped the statement (57014) long before
+    // its 30 seconds.
+    assert_eq!(steps[4]["step"], "cancel");
+    assert_eq!(steps[4]["code"], "57014", "{steps:?}");
+    assert!(
+        steps[4]["secs"].as_u64().is_some_and(|s| s < 10),
+        "{steps:?}"
+    );
 
     // A held statement: approved by the operator, then it runs.
     let held = {
@@ -518,4 +586,141 @@ fn every_statement_is_recorded_under_load() {
         .output()
         .expect("verify");
     assert!(verify.status.success(), "{}", describe(&verify));
+}
+
+/// TLS on both sides, masking by table column whatever the query calls it, COPY output
+/// masked, held statements denied or timed out, an unreachable server, and a client that
+/// breaks the protocol.
+#[test]
+fn tls_copy_table_rules_and_failures() {
+    let env = Env::new();
+    let shop = shop_with(&env, "3s");
+    let port = shop.pg.port;
+    let cg = TestCgroup::new("pg2");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (_daemon, _) = start_daemon(&env, &shop.policy, &cg.path, &admin);
+
+    // The client verifies enforcer's certificate for 127.0.0.1 against enforcer's CA; the
+    // server sees a TLS connection from enforcer (the role may only log in over TLS).
+    let ca = env.state.join("ca.pem").display().to_string();
+    let tls = agent_psql_with(
+        &cg,
+        port,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", &ca)],
+    );
+    assert!(tls.status.success(), "{}", describe(&tls));
+    assert_eq!(stdout(&tls).trim(), "t");
+    // A client trusting another CA refuses enforcer's certificate.
+    let wrong = agent_psql_with(
+        &cg,
+        port,
+        "SELECT 1",
+        &[
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &shop.pg.ca.display().to_string()),
+        ],
+    );
+    assert!(!wrong.status.success(), "{}", describe(&wrong));
+
+    // A table-column rule holds under any label; an expression is no table column, so only
+    // content detectors apply to it.
+    let aliased = agent_psql(&cg, port, "SELECT salary AS pay, id FROM staff");
+    assert!(aliased.status.success(), "{}", describe(&aliased));
+    assert_eq!(stdout(&aliased).trim(), "*****|1");
+
+    // COPY out: masked by column rules and detectors, in text and CSV.
+    let copy = agent_psql(&cg, port, "COPY customers TO STDOUT");
+    assert!(copy.status.success(), "{}", describe(&copy));
+    let text = stdout(&copy);
+    assert!(
+        text.contains("1\tAda Lovelace\t***@*******.com\t**** **** **** 1111\t"),
+        "{text}"
+    );
+    assert!(!text.contains("ada@example.com") && !text.contains("4111 1111 1111 1111"));
+    let csv = agent_psql(
+        &cg,
+        port,
+        "COPY (SELECT s.salary, c.email FROM staff s, customers c WHERE c.id = 2) TO STDOUT WITH (FORMAT csv, HEADER)",
+    );
+    assert!(csv.status.success(), "{}", describe(&csv));
+    assert_eq!(
+        stdout(&csv),
+        "salary,email\n\"*****\",\"****@*******.com\"\n"
+    );
+    let binary = agent_psql(&cg, port, "COPY customers TO STDOUT WITH (FORMAT binary)");
+    assert!(
+        stderr(&binary).contains("binary format cannot be masked"),
+        "{}",
+        describe(&binary)
+    );
+
+    // Held, then denied by the operator: the statement fails with the reason, nothing ran.
+    let held = spawn_agent_psql(
+        &cg,
+        port,
+        "INSERT INTO audit_notes (note) VALUES ('denied')",
+    );
+    let approval = pending_approval(&admin, &env.state);
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let deny = operator(
+        &admin,
+        &env.state,
+        &["approvals", "deny", &id, "--reason", "not today"],
+    );
+    assert!(deny.status.success(), "{}", describe(&deny));
+    let held = held.wait_with_output().expect("psql");
+    assert!(!held.status.success());
+    assert!(
+        stderr(&held).contains("an operator denied it: not today"),
+        "{}",
+        describe(&held)
+    );
+    // Held, then nobody decides: the approval timeout (3 s here) denies it.
+    let started = std::time::Instant::now();
+    let late = agent_psql(&cg, port, "INSERT INTO audit_notes (note) VALUES ('late')");
+    assert!(!late.status.success());
+    assert!(
+        stderr(&late).contains("no operator approved it before the approval timeout"),
+        "{}",
+        describe(&late)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT count(*) FROM audit_notes")
+            .trim(),
+        "0"
+    );
+
+    // The server is down: a clear error naming the resource.
+    let gone_port = std::fs::read_to_string(shop.policy.join("shop.yaml"))
+        .expect("yaml")
+        .lines()
+        .filter(|l| l.contains("addresses"))
+        .nth(1)
+        .and_then(|l| l.rsplit(':').next())
+        .map(|p| p.trim_end_matches(['"', ']']).to_owned())
+        .expect("gone port");
+    let gone = agent_psql(&cg, gone_port.parse().expect("port"), "SELECT 1");
+    assert!(!gone.status.success());
+    assert!(
+        stderr(&gone).contains("enforcer: cannot reach gone"),
+        "{}",
+        describe(&gone)
+    );
+
+    // A client that lies about a message length is told so and disconnected; enforcer
+    // serves the next client as before.
+    let tool = pg_client(&env);
+    let out = output_within(
+        cg.command(&tool.display().to_string(), &[&port.to_string(), "garbage"]),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let garbage: Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(garbage["closed"], true, "{garbage}");
+    assert_eq!(garbage["error"], true, "{garbage}");
+    let after = agent_psql(&cg, port, "SELECT 1");
+    assert!(after.status.success(), "{}", describe(&after));
 }

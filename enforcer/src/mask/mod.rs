@@ -194,10 +194,31 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 impl Profile {
-    /// The column is masked whole, whatever its content.
+    /// A result column labelled `column` is masked whole, whatever its content (patterns
+    /// without a dot name columns).
     pub fn masks_column(&self, column: &str) -> bool {
         let lower = column.to_ascii_lowercase();
-        self.columns.iter().any(|p| glob(p, &lower))
+        self.columns
+            .iter()
+            .any(|p| !p.contains('.') && glob(p, &lower))
+    }
+
+    /// The table column `schema.table.column` is masked whole: a pattern without a dot names
+    /// the column, `table.column` or `schema.table.column` qualify it.
+    pub fn masks_table_column(&self, schema: &str, table: &str, column: &str) -> bool {
+        let column = column.to_ascii_lowercase();
+        let in_table = format!("{}.{column}", table.to_ascii_lowercase());
+        let in_schema = format!("{}.{in_table}", schema.to_ascii_lowercase());
+        self.columns.iter().any(|p| match p.matches('.').count() {
+            0 => glob(p, &column),
+            1 => glob(p, &in_table),
+            _ => glob(p, &in_schema),
+        })
+    }
+
+    /// Whether any rule masks by column (so a column whose table is unknown must be masked).
+    pub fn has_column_rules(&self) -> bool {
+        !self.columns.is_empty()
     }
 
     /// Applies the strategy to a whole value.
@@ -318,6 +339,19 @@ mod tests {
         };
         assert!(cols.masks_column("Customer_Email") && cols.masks_column("ssn"));
         assert!(!cols.masks_column("ssn_hint") && !cols.masks_column("name"));
+        let qualified = Profile {
+            columns: vec!["customers.card".into(), "hr.*.salary".into(), "ssn".into()],
+            ..Profile::default()
+        };
+        assert!(qualified.masks_table_column("public", "Customers", "card"));
+        assert!(!qualified.masks_table_column("public", "orders", "card"));
+        assert!(
+            !qualified.masks_column("card"),
+            "a qualified rule needs the table"
+        );
+        assert!(qualified.masks_table_column("hr", "staff", "salary"));
+        assert!(!qualified.masks_table_column("public", "staff", "salary"));
+        assert!(qualified.masks_table_column("x", "y", "SSN"));
     }
 
     proptest::proptest! {

@@ -86,6 +86,24 @@ pub struct ResourceSpec {
     /// What never reaches the workload from this resource's answers.
     #[serde(default)]
     pub masking: Option<Spanned<MaskingSpec>>,
+    /// TLS toward the real server, always verified.
+    #[serde(default)]
+    pub upstream_tls: Option<Spanned<UpstreamTlsSpec>>,
+    /// Whether a client asking for TLS gets it (with a certificate from enforcer's CA);
+    /// `false` declines and the client goes on in plaintext on loopback. Default true.
+    #[serde(default)]
+    pub client_tls: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// PEM file of the CA(s) to trust; the system's roots when absent.
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// The name the server's certificate must carry; its address when absent.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

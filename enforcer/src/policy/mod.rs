@@ -16,6 +16,7 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -115,6 +116,23 @@ pub struct Credential {
     pub username: Option<String>,
 }
 
+/// TLS toward a resource's real server: verified against `ca` (or the system's roots), for
+/// `server_name` (or the upstream address).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca == other.ca && self.server_name == other.server_name
+    }
+}
+
+impl Eq for UpstreamTls {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     pub name: String,
@@ -126,6 +144,9 @@ pub struct Resource {
     /// Masking applied to what the resource answers; the default profile (every detector,
     /// redact) when the policy says nothing.
     pub masking: crate::mask::Profile,
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Whether a workload asking for TLS gets it (from enforcer's CA) or is declined.
+    pub client_tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -626,9 +647,15 @@ impl Validator {
             .as_ref()
             .map(|m| self.masking(m))
             .unwrap_or_default();
+        let upstream_tls = spec
+            .upstream_tls
+            .as_ref()
+            .and_then(|t| self.upstream_tls(t));
         if let (true, Some(protocol)) = (name_ok, protocol) {
             self.policy.resources.push(Resource {
                 masking,
+                upstream_tls,
+                client_tls: spec.client_tls.unwrap_or(true),
                 name: spec.name.value.trim().to_owned(),
                 protocol,
                 addresses,
@@ -636,6 +663,39 @@ impl Validator {
                 upstream,
                 credential,
             });
+        }
+    }
+
+    fn upstream_tls(&mut self, spec: &Spanned<file::UpstreamTlsSpec>) -> Option<UpstreamTls> {
+        let ca = spec
+            .value
+            .ca
+            .as_ref()
+            .map(|c| (c.referenced, PathBuf::from(c.value.trim())));
+        let server_name = spec
+            .value
+            .server_name
+            .as_ref()
+            .map(|n| (n.referenced, n.value.trim().to_owned()));
+        if let Some((at, name)) = &server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            self.error(
+                *at,
+                format!("server_name {name:?} is not a DNS name or IP address"),
+            );
+            return None;
+        }
+        match crate::tls::upstream_config(ca.as_ref().map(|(_, p)| p.as_path()), &[]) {
+            Ok(config) => Some(UpstreamTls {
+                ca: ca.map(|(_, p)| p),
+                server_name: server_name.map(|(_, n)| n),
+                config: Arc::new(config),
+            }),
+            Err(e) => {
+                self.error(ca.map_or(spec.referenced, |(at, _)| at), e.to_string());
+                None
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use super::{Policy, Resource, canonical_addr};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteTarget {
     /// A named resource: handed to its protocol handler.
-    Resource(Resource),
+    Resource(Box<Resource>),
     /// An egress rule: relayed as TCP, recorded.
     Egress { rule: String },
     /// Closed at once, recorded with the reason.
@@ -49,7 +49,7 @@ impl Policy {
         let dst = canonical_addr(dst);
         if let Some(resource) = self.resources.iter().find(|r| r.addresses.contains(&dst)) {
             return Route {
-                target: RouteTarget::Resource(resource.clone()),
+                target: RouteTarget::Resource(Box::new(resource.clone())),
             };
         }
         if let Some(rule) = self.egress.iter().find(|rule| rule.matches(&dst)) {

@@ -27,6 +27,15 @@ pub struct HandlerContext<'a> {
     pub grants: Option<&'a Arc<Grants>>,
     pub recorder: &'a Recorder,
     pub metrics: &'a Arc<Metrics>,
+    pub shared: &'a Shared,
+}
+
+/// What protocol handlers keep across connections.
+#[derive(Default)]
+pub struct Shared {
+    /// enforcer's CA, for TLS toward workloads; `None` declines every TLS request.
+    pub tls: Option<Arc<crate::tls::Authority>>,
+    pub postgres: postgres::State,
 }
 
 pub type HandlerFuture<'a> =

@@ -62,6 +62,7 @@ pub struct Proxy {
     pub sessions: Arc<Sessions>,
     admin: Option<AdminRoute>,
     grants: Option<Arc<crate::grant::Grants>>,
+    protocols: Arc<protocol::Shared>,
     next_id: AtomicU64,
 }
 
@@ -138,6 +139,7 @@ impl Proxy {
         sessions: Arc<Sessions>,
         admin: Option<AdminRoute>,
         grants: Option<Arc<crate::grant::Grants>>,
+        protocols: Arc<protocol::Shared>,
     ) -> Self {
         // Ids unique across restarts of the daemon: start from the clock.
         let start = std::time::SystemTime::now()
@@ -159,6 +161,7 @@ impl Proxy {
             sessions,
             admin,
             grants,
+            protocols,
             next_id: AtomicU64::new(start),
         }
     }
@@ -331,6 +334,7 @@ impl Proxy {
                     grants: self.grants.as_ref(),
                     recorder: &self.recorder,
                     metrics: &self.metrics,
+                    shared: &self.protocols,
                 };
                 protocol::handler_for(resource.protocol)
                     .serve(&ctx, &conn, &mut stream, resource)

@@ -12,6 +12,36 @@ pub struct Postgres {
     _dir: tempfile::TempDir,
     data: PathBuf,
     pub port: u16,
+    /// The CA that issued the server's TLS certificate (for 127.0.0.1 and localhost).
+    pub ca: PathBuf,
+}
+
+/// A CA of the test's own and a server certificate it issued, written where PostgreSQL
+/// reads them (key owned by postgres, 0600).
+fn server_tls(dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test database CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![
+        SanType::IpAddress("127.0.0.1".parse().expect("ip")),
+        SanType::DnsName("localhost".try_into().expect("dns")),
+    ];
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    let ca_path = dir.join("db-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).expect("ca");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("crt");
+    let key_path = dir.join("server.key");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    ca_path
 }
 
 fn run(cmd: &mut Command) {
@@ -46,6 +76,10 @@ impl Postgres {
             .args(["-U", "postgres", "--auth=trust", "-D"])
             .arg(&data)
             .stdout(Stdio::null()));
+        let ca = server_tls(dir.path());
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path()));
         let port = super::free_port();
         run(as_postgres("pg_ctl")
             .args(["start", "-w", "-D"])
@@ -54,14 +88,15 @@ impl Postgres {
             .arg(dir.path().join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                dir.path().display()
+                "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                dir = dir.path().display()
             ))
             .stdout(Stdio::null()));
         Postgres {
             _dir: dir,
             data,
             port,
+            ca,
         }
     }
 
@@ -89,8 +124,8 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Requires SCRAM-SHA-256 passwords for `role` over TCP from now on (other users keep
-    /// trust), with the role created with `password`.
+    /// Requires TLS and a SCRAM-SHA-256 password for `role` over TCP from now on (other
+    /// users keep trust), with the role created with `password`.
     pub fn scram_role(&self, role: &str, password: &str) {
         self.psql(
             "postgres",
@@ -100,7 +135,9 @@ impl Postgres {
         let old = std::fs::read_to_string(&hba).expect("pg_hba");
         std::fs::write(
             &hba,
-            format!("host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n{old}"),
+            format!(
+                "hostssl all {role} 127.0.0.1/32 scram-sha-256\nhostssl all {role} ::1/128 scram-sha-256\nhost all {role} all reject\n{old}"
+            ),
         )
         .expect("write pg_hba");
         self.psql("postgres", "SELECT pg_reload_conf()");

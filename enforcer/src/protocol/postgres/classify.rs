@@ -5,10 +5,12 @@
 
 use std::{collections::BTreeSet, fmt, ops::ControlFlow};
 
+use super::copy::CopyFormat;
+
 use sqlparser::{
     ast::{
-        CopyTarget, Expr, ObjectName, Set, SetExpr, Statement, visit_expressions, visit_relations,
-        visit_statements,
+        CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr,
+        ObjectName, Set, SetExpr, Statement, visit_expressions, visit_relations, visit_statements,
     },
     dialect::PostgreSqlDialect,
     parser::Parser,
@@ -50,6 +52,16 @@ pub struct Classified {
     pub because: Option<String>,
     /// The statement, re-rendered from the tree (one statement, normalised).
     pub text: String,
+    /// For `COPY … TO STDOUT`: how its rows are written and how to learn their columns.
+    pub copy_out: Option<CopyOut>,
+}
+
+/// The rows a `COPY … TO STDOUT` sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOut {
+    /// A query returning the same columns, for the catalog to describe.
+    pub describe: String,
+    pub format: CopyFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,9 +122,8 @@ fn statement_class(stmt: &Statement) -> SqlClass {
         | Statement::Delete(_)
         | Statement::Merge(_) => Write,
         Statement::Copy { to, target, .. } => match target {
-            // COPY's data rows are not masked yet (CopyData carries no column types): an
-            // export is as powerful as reading every value unmasked.
-            CopyTarget::Stdin | CopyTarget::Stdout if *to => Admin,
+            // The rows come to the client, masked like any result.
+            CopyTarget::Stdin | CopyTarget::Stdout if *to => Read,
             CopyTarget::Stdin | CopyTarget::Stdout => Write,
             // Server-side files and programs: the database host's file system and shell.
             CopyTarget::File { .. } | CopyTarget::Program { .. } => Admin,
@@ -176,11 +187,7 @@ fn classify_statement(stmt: &Statement) -> Classified {
     let mut class = SqlClass::Read;
     let mut because = None;
     let _ = visit_statements(stmt, |s| {
-        let this = statement_class(s);
-        if matches!(s, Statement::Copy { to: true, .. }) && this > class {
-            because = Some("copies data out, and COPY output is not masked yet".into());
-        }
-        class = class.max(this);
+        class = class.max(statement_class(s));
         ControlFlow::<()>::Continue(())
     });
     let _ = visit_expressions(stmt, |e| {
@@ -210,6 +217,136 @@ fn classify_statement(stmt: &Statement) -> Classified {
         tables,
         because,
         text: stmt.to_string(),
+        copy_out: copy_out(stmt),
+    }
+}
+
+fn copy_out(stmt: &Statement) -> Option<CopyOut> {
+    let Statement::Copy {
+        source,
+        to: true,
+        target: CopyTarget::Stdout,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+    else {
+        return None;
+    };
+    let describe = match source {
+        CopySource::Table {
+            table_name,
+            columns,
+        } if columns.is_empty() => format!("SELECT * FROM {table_name}"),
+        CopySource::Table {
+            table_name,
+            columns,
+        } => format!(
+            "SELECT {} FROM {table_name}",
+            columns
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CopySource::Query(q) => q.to_string(),
+    };
+    Some(CopyOut {
+        describe,
+        format: copy_format(options, legacy_options),
+    })
+}
+
+/// The output format the options ask for; anything enforcer cannot read back exactly is
+/// unmaskable.
+fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> CopyFormat {
+    let mut csv = false;
+    let mut delimiter = None;
+    let mut null = None;
+    let mut quote = b'"';
+    let mut escape = None;
+    let mut header = false;
+    let byte = |c: char, what: &str| -> Result<u8, String> {
+        u8::try_from(c)
+            .ok()
+            .filter(|b| b.is_ascii() && *b != b'\n' && *b != b'\r')
+            .ok_or_else(|| format!("COPY {what} {c:?} is not a plain one-byte character"))
+    };
+    let mut apply = || -> Result<(), String> {
+        for option in options {
+            match option {
+                CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
+                    "text" => csv = false,
+                    "csv" => csv = true,
+                    other => {
+                        return Err(format!(
+                            "COPY output in {other} format cannot be masked; use text or csv"
+                        ));
+                    }
+                },
+                CopyOption::Delimiter(c) => delimiter = Some(byte(*c, "DELIMITER")?),
+                CopyOption::Null(n) => null = Some(n.clone()),
+                CopyOption::Header(h) => header = *h,
+                CopyOption::Quote(c) => quote = byte(*c, "QUOTE")?,
+                CopyOption::Escape(c) => escape = Some(byte(*c, "ESCAPE")?),
+                CopyOption::Encoding(e)
+                    if !matches!(
+                        e.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
+                        "utf8"
+                    ) =>
+                {
+                    return Err(format!("COPY output in encoding {e} cannot be masked"));
+                }
+                CopyOption::Encoding(_)
+                | CopyOption::ForceQuote(_)
+                | CopyOption::ForceNotNull(_)
+                | CopyOption::ForceNull(_)
+                | CopyOption::Freeze(_) => {}
+            }
+        }
+        for option in legacy {
+            match option {
+                CopyLegacyOption::Binary => {
+                    return Err(
+                        "COPY output in binary format cannot be masked; use text or csv".into(),
+                    );
+                }
+                CopyLegacyOption::Delimiter(c) => delimiter = Some(byte(*c, "DELIMITER")?),
+                CopyLegacyOption::Null(n) => null = Some(n.clone()),
+                CopyLegacyOption::Csv(csv_options) => {
+                    csv = true;
+                    for o in csv_options {
+                        match o {
+                            CopyLegacyCsvOption::Header => header = true,
+                            CopyLegacyCsvOption::Quote(c) => quote = byte(*c, "QUOTE")?,
+                            CopyLegacyCsvOption::Escape(c) => escape = Some(byte(*c, "ESCAPE")?),
+                            CopyLegacyCsvOption::ForceQuote(_)
+                            | CopyLegacyCsvOption::ForceNotNull(_) => {}
+                        }
+                    }
+                }
+                other => return Err(format!("COPY option {other} cannot be masked")),
+            }
+        }
+        Ok(())
+    };
+    if let Err(why) = apply() {
+        return CopyFormat::Unmaskable(why);
+    }
+    if csv {
+        CopyFormat::Csv {
+            delimiter: delimiter.unwrap_or(b','),
+            null: null.unwrap_or_default(),
+            quote,
+            escape: escape.unwrap_or(quote),
+            header,
+        }
+    } else {
+        CopyFormat::Text {
+            delimiter: delimiter.unwrap_or(b'\t'),
+            null: null.unwrap_or_else(|| "\\N".into()),
+            header,
+        }
     }
 }
 
@@ -233,7 +370,7 @@ mod tests {
             ("COMMIT", Read),
             ("SET statement_timeout = 5000", Read),
             ("EXPLAIN SELECT * FROM t", Read),
-            ("COPY customers TO STDOUT", Admin),
+            ("COPY customers TO STDOUT", Read),
             ("INSERT INTO orders VALUES (1)", Write),
             ("UPDATE orders SET total = 0", Write),
             ("DELETE FROM customers WHERE id = 1", Write),
@@ -289,6 +426,58 @@ mod tests {
                 .because
                 .as_deref(),
             Some("calls pg_read_file()")
+        );
+    }
+
+    #[test]
+    fn copy_out_says_how_to_read_its_rows() {
+        let copy = |sql: &str| {
+            classify(sql).expect("parses")[0]
+                .copy_out
+                .clone()
+                .expect("a COPY TO STDOUT")
+        };
+        let plain = copy("COPY customers TO STDOUT");
+        assert_eq!(plain.describe, "SELECT * FROM customers");
+        assert_eq!(
+            plain.format,
+            CopyFormat::Text {
+                delimiter: b'\t',
+                null: "\\N".into(),
+                header: false
+            }
+        );
+        assert_eq!(
+            copy("COPY customers (id, email) TO STDOUT").describe,
+            "SELECT id, email FROM customers"
+        );
+        assert_eq!(
+            copy("COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT").describe,
+            "SELECT email FROM customers WHERE id = 1"
+        );
+        assert_eq!(
+            copy("COPY customers TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';', NULL 'x')")
+                .format,
+            CopyFormat::Csv {
+                delimiter: b';',
+                null: "x".into(),
+                quote: b'"',
+                escape: b'"',
+                header: true
+            }
+        );
+        assert!(matches!(
+            copy("COPY customers TO STDOUT WITH (FORMAT binary)").format,
+            CopyFormat::Unmaskable(_)
+        ));
+        assert!(matches!(
+            copy("COPY customers TO STDOUT BINARY").format,
+            CopyFormat::Unmaskable(_)
+        ));
+        assert!(
+            classify("COPY customers FROM STDIN").expect("parses")[0]
+                .copy_out
+                .is_none()
         );
     }
 

@@ -26,6 +26,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Goes on reading `inner` after bytes already read from it.
+    pub fn with_buffer(inner: R, buf: BytesMut) -> Self {
+        FrameReader {
+            inner,
+            buf,
+            bytes: 0,
+        }
+    }
+
+    /// The stream and what was read from it but not yet taken.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Bytes read but not yet taken as a message.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Fills the buffer to `n` bytes; `false` on a clean end of stream before any byte of a
     /// new packet.
     async fn fill(&mut self, n: usize) -> Result<bool, PgError> {

@@ -6,10 +6,16 @@
 //! naming the rule, or held until an operator approves. Result values are masked
 //! ([`crate::mask`]) before they reach the workload. Every statement is recorded.
 
+mod catalog;
 pub mod classify;
+mod copy;
 mod frame;
 mod session;
 mod upstream;
+
+use std::{collections::HashMap, sync::Mutex as StdMutex};
+
+use upstream::CancelTarget;
 
 use crate::{
     policy::Resource,
@@ -48,6 +54,53 @@ pub(crate) fn frontend_context() -> pgwire::messages::DecodeContext {
     ctx.awaiting_frontend_ssl = false;
     ctx.awaiting_frontend_startup = false;
     ctx
+}
+
+/// What the PostgreSQL handler keeps across connections.
+#[derive(Default)]
+pub struct State {
+    catalogs: catalog::Catalogs,
+    /// The cancel keys enforcer gave its clients, and the server backends they stand for.
+    cancels: StdMutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+impl State {
+    fn cancels(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {
+        match self.cancels.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Gives the client its own cancel key for `target`, valid until the guard drops. The
+    /// server's key never reaches the workload, so a cancel request reaches only a backend
+    /// enforcer opened for a live session.
+    fn cancel_key(&self, target: CancelTarget) -> CancelKey<'_> {
+        let mut cancels = self.cancels();
+        let key = loop {
+            let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+            if !cancels.contains_key(&key) {
+                break key;
+            }
+        };
+        cancels.insert(key, target);
+        CancelKey { state: self, key }
+    }
+
+    fn cancel_target(&self, pid: i32, key: i32) -> Option<CancelTarget> {
+        self.cancels().get(&(pid, key)).cloned()
+    }
+}
+
+struct CancelKey<'a> {
+    state: &'a State,
+    key: (i32, i32),
+}
+
+impl Drop for CancelKey<'_> {
+    fn drop(&mut self) {
+        self.state.cancels().remove(&self.key);
+    }
 }
 
 pub struct Postgres;

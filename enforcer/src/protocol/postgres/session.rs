@@ -12,7 +12,8 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex as StdMutex,
+    net::SocketAddr,
+    sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
@@ -21,7 +22,6 @@ use pgwire::{
     error::ErrorInfo,
     messages::{
         DecodeContext, Message, PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion,
-        data::FieldDescription,
         extendedquery::{Bind, Execute, Parse},
         response::{ErrorResponse, NoticeResponse},
         simplequery::Query,
@@ -36,17 +36,20 @@ use tokio::{
 
 use super::{
     PgError,
+    catalog::{Described, Scope, Table},
     classify::{Classified, classify},
+    copy::{CopyFormat, CopyMasker},
     frame::{FrameReader, body, data_row_values, decode},
     frontend_context,
-    upstream::{MAX_BACKEND, Secret, authenticate},
+    upstream::{self, CancelTarget, MAX_BACKEND, Secret},
 };
 use crate::{
     approval::{ApprovalKind, NewApproval, new_id},
     policy::Resource,
     protocol::HandlerContext,
-    proxy::{Connection, RelayStats, connect_upstream},
+    proxy::{Connection, RelayStats},
     record::{Event, StatementDecided, StatementDone},
+    tls::MaybeTls,
 };
 
 /// Largest message accepted from the workload.
@@ -57,13 +60,36 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 const PROTOCOL_3_0: u32 = 196_608;
 /// Statement text kept in records.
 const RECORDED_TEXT: usize = 2000;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A column of a result set, as the client will read it.
 #[derive(Debug, Clone)]
 struct Column {
+    /// The label the query gave it.
     name: String,
     type_oid: u32,
     binary: bool,
+    source: Source,
+}
+
+/// Where a column's values come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// An expression, not a table column (or no column rule needs to know).
+    Expression,
+    Table {
+        table: Arc<Table>,
+        column: String,
+    },
+    /// A table column the catalog could not name: masked if any column rule exists.
+    Unknown,
+}
+
+/// How a `COPY … TO STDOUT` the session allowed is to be masked.
+#[derive(Debug, Clone)]
+struct CopyPlan {
+    format: CopyFormat,
+    columns: Vec<Column>,
 }
 
 /// A reply the client's messages will cause, in order.
@@ -103,6 +129,9 @@ struct Shared {
     /// When the statement whose reply comes next was sent on (or the one before it ended).
     running_since: Option<std::time::Instant>,
     rows: u64,
+    /// COPY … TO STDOUT statements sent, in order, and the one whose rows are coming.
+    copy_plans: VecDeque<CopyPlan>,
+    copy_active: Option<(CopyMasker, Vec<Column>)>,
 }
 
 fn lock(shared: &StdMutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -121,9 +150,7 @@ pub async fn run(
 ) -> Result<(), PgError> {
     // Messages go out as they are decided: small writes must not wait for delayed ACKs.
     client.set_nodelay(true)?;
-    let (cr, cw) = client.split();
-    let writer = Mutex::new(cw);
-    let mut creader = FrameReader::new(cr);
+    let mut creader = FrameReader::new(MaybeTls::Plain(client));
 
     let parameters = loop {
         let Some(mut packet) = creader.startup().await? else {
@@ -131,15 +158,36 @@ pub async fn run(
         };
         let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         match code {
-            // Plaintext on loopback: the workload's client talks to enforcer on this host.
-            SSL_REQUEST | GSSENC_REQUEST => writer.lock().await.write_all(b"N").await?,
+            SSL_REQUEST if !creader.get_mut().is_tls() && resource.client_tls => {
+                let Some(authority) = ctx.shared.tls.as_deref() else {
+                    creader.get_mut().write_all(b"N").await?;
+                    continue;
+                };
+                // Bytes sent after the request but before the answer would otherwise be
+                // taken as if they had come through TLS.
+                if creader.buffered() != 0 {
+                    return Err(PgError::Protocol(
+                        "data sent after SSLRequest before the answer".into(),
+                    ));
+                }
+                let (MaybeTls::Plain(tcp), _) = creader.into_parts() else {
+                    return Err(PgError::Protocol("TLS requested twice".into()));
+                };
+                tcp.write_all(b"S").await?;
+                let tls = accept_tls(authority, tcp, conn).await?;
+                creader = FrameReader::new(MaybeTls::Server(Box::new(tls)));
+            }
+            // Plaintext on loopback when the policy allows it (or TLS is already on).
+            SSL_REQUEST | GSSENC_REQUEST => creader.get_mut().write_all(b"N").await?,
             CANCEL_REQUEST => {
-                // Cancel keys are the server's own: pass the request on to the server.
-                let addr = resource.upstream.unwrap_or(conn.orig_dst);
-                let mut up = connect_upstream(addr)
-                    .await
-                    .map_err(|e| PgError::Upstream(e.to_string()))?;
-                up.write_all(&packet).await?;
+                let pid = i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+                let key = i32::from_be_bytes([packet[12], packet[13], packet[14], packet[15]]);
+                // Only a key enforcer handed out for a live session reaches a server.
+                if packet.len() == 16
+                    && let Some(target) = ctx.shared.postgres.cancel_target(pid, key)
+                {
+                    upstream::cancel(&target).await?;
+                }
                 return Ok(());
             }
             PROTOCOL_3_0 => {
@@ -149,6 +197,7 @@ pub async fn run(
                 break startup.parameters;
             }
             other => {
+                let writer = Mutex::new(creader.get_mut());
                 fatal(
                     &writer,
                     "0A000",
@@ -159,6 +208,10 @@ pub async fn run(
             }
         }
     };
+    let (stream, buffered) = creader.into_parts();
+    let (cr, cw) = tokio::io::split(stream);
+    let writer = Mutex::new(cw);
+    let mut creader = FrameReader::with_buffer(cr, buffered);
     let client_user = parameters.get("user").cloned().unwrap_or_default();
     if parameters
         .get("replication")
@@ -188,35 +241,66 @@ pub async fn run(
         }
     };
     let addr = resource.upstream.unwrap_or(conn.orig_dst);
-    let mut up = match connect_upstream(addr).await {
+    let (mut ureader, mut uw) = match upstream::open(resource, addr, &secret, &forwarded).await {
         Ok(up) => up,
+        Err(e @ (PgError::Auth(_) | PgError::Credential(_))) => {
+            fatal(&writer, "28000", &format!("enforcer: {e}")).await;
+            return Err(e);
+        }
         Err(e) => {
-            fatal(&writer, "08001", &format!("enforcer: {e}")).await;
-            return Err(PgError::Upstream(e.to_string()));
+            fatal(
+                &writer,
+                "08001",
+                &format!("enforcer: cannot reach {} ({addr}): {e}", resource.name),
+            )
+            .await;
+            return Err(e);
         }
     };
-    up.set_nodelay(true)?;
-    let (ur, mut uw) = up.split();
-    let mut ureader = FrameReader::new(ur);
-    if let Err(e) = authenticate(&mut ureader, &mut uw, &secret, &forwarded).await {
-        fatal(&writer, "28000", &format!("enforcer: {e}")).await;
-        return Err(e);
-    }
     let mut ok = BytesMut::new();
     PgWireBackendMessage::Authentication(Authentication::Ok).encode(&mut ok)?;
     writer.lock().await.write_all(&ok).await?;
-    // ParameterStatus, BackendKeyData, … up to the first ReadyForQuery, as they come.
+    // ParameterStatus, BackendKeyData, … up to the first ReadyForQuery, as they come; the
+    // client gets a cancel key of enforcer's in place of the server's.
+    let mut cancel_key = None;
     loop {
         let Some(frame) = ureader.message(MAX_BACKEND).await? else {
             return Ok(());
         };
-        writer.lock().await.write_all(&frame).await?;
         match frame[0] {
-            b'Z' => break,
-            b'E' => return Ok(()),
+            b'K' if body(&frame).len() == 8 => {
+                let b = body(&frame);
+                let target = CancelTarget {
+                    addr,
+                    tls: resource.upstream_tls.clone(),
+                    pid: i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                    key: i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                };
+                let key = ctx.shared.postgres.cancel_key(target);
+                let mut out = BytesMut::with_capacity(13);
+                out.put_u8(b'K');
+                out.put_i32(12);
+                out.put_i32(key.key.0);
+                out.put_i32(key.key.1);
+                writer.lock().await.write_all(&out).await?;
+                cancel_key = Some(key);
+                continue;
+            }
+            b'E' => {
+                writer.lock().await.write_all(&frame).await?;
+                return Ok(());
+            }
             _ => {}
         }
+        writer.lock().await.write_all(&frame).await?;
+        if frame[0] == b'Z' {
+            break;
+        }
     }
+    let database = parameters
+        .get("database")
+        .cloned()
+        .unwrap_or_else(|| secret.user.clone());
 
     let shared = StdMutex::new(Shared::default());
     let session = Session {
@@ -225,14 +309,54 @@ pub async fn run(
         resource,
         writer: &writer,
         shared: &shared,
+        upstream: addr,
+        database,
+        user: secret.user.clone(),
     };
     let result = tokio::select! {
         r = session.client_to_server(&mut creader, &mut uw) => r,
         r = session.server_to_client(&mut ureader) => r,
     };
+    if let Err(PgError::Protocol(message)) = &result {
+        // The workload broke the protocol: it is told why before the connection closes.
+        fatal(
+            &writer,
+            "08P01",
+            &format!("enforcer: protocol violation: {message}"),
+        )
+        .await;
+    }
     stats.to_upstream = creader.bytes;
     stats.to_client = ureader.bytes;
+    drop(cancel_key);
     result
+}
+
+/// The TLS handshake with the workload, with a certificate for the name it asked for (SNI)
+/// or the address it dialled.
+async fn accept_tls<'c>(
+    authority: &crate::tls::Authority,
+    tcp: &'c mut TcpStream,
+    conn: &Connection,
+) -> Result<tokio_rustls::server::TlsStream<&'c mut TcpStream>, PgError> {
+    let handshake = async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let config = authority
+            .server_config(sni.as_deref(), conn.orig_dst.ip(), &[])
+            .map_err(std::io::Error::other)?;
+        start.into_stream(config).await
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(PgError::Protocol(format!(
+            "TLS handshake with the client: {e}"
+        ))),
+        Err(_) => Err(PgError::Protocol(
+            "TLS handshake with the client timed out".into(),
+        )),
+    }
 }
 
 /// Sends a FATAL error to the client (best effort: it may be gone).
@@ -259,6 +383,10 @@ struct Session<'a, W> {
     resource: &'a Resource,
     writer: &'a Mutex<W>,
     shared: &'a StdMutex<Shared>,
+    /// The server, database and user of the session, for catalog lookups.
+    upstream: SocketAddr,
+    database: String,
+    user: String,
 }
 
 /// A statement prepared by the client, as decided at Parse.
@@ -269,6 +397,7 @@ struct Prepared {
     grant_based: bool,
     /// The policies that allowed it, recorded with each execution.
     policies: Vec<String>,
+    copy: Option<CopyPlan>,
 }
 
 impl<W: AsyncWrite + Unpin> Session<'_, W> {
@@ -298,7 +427,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                         return Err(PgError::Protocol("bad Query".into()));
                     };
                     let text = match self.decide_text(&q.query, true).await? {
-                        Ok(()) => q.query,
+                        Ok(plans) => {
+                            lock(self.shared).copy_plans.extend(plans);
+                            q.query
+                        }
                         Err(message) => raise(&message),
                     };
                     Query::new(text).encode(&mut out)?;
@@ -348,7 +480,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     };
                     let portal = e.name.clone().unwrap_or_default();
                     let statement = portals.get(&portal).cloned().unwrap_or_default();
-                    match prepared.get(&statement).cloned() {
+                    let prepared_statement = prepared.get(&statement).cloned();
+                    if let Some(plan) = prepared_statement.as_ref().and_then(|p| p.copy.clone()) {
+                        lock(self.shared).copy_plans.push_back(plan);
+                    }
+                    match prepared_statement {
                         Some(p) if p.grant_based => match self.use_grant(&p.classified).await? {
                             Ok(_) => {
                                 out.extend_from_slice(&frame);
@@ -462,8 +598,13 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         Ok(())
     }
 
-    /// Decides every statement of a query string; `Err(message)` if any is denied.
-    async fn decide_text(&self, text: &str, consume: bool) -> Result<Result<(), String>, PgError> {
+    /// Decides every statement of a query string; `Err(message)` if any is denied. On
+    /// success, how to mask the COPY output the statements will send.
+    async fn decide_text(
+        &self,
+        text: &str,
+        consume: bool,
+    ) -> Result<Result<Vec<CopyPlan>, String>, PgError> {
         let statements = match classify(text) {
             Ok(s) => s,
             Err(e) => {
@@ -481,13 +622,120 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 return Ok(Err(message));
             }
         };
+        let mut plans = Vec::new();
         for stmt in &statements {
+            match self.copy_plan(stmt).await? {
+                Ok(Some(plan)) => plans.push(plan),
+                Ok(None) => {}
+                Err(message) => return Ok(Err(message)),
+            }
             match self.decide(stmt, consume, true).await? {
                 Verdict::Allow { .. } => {}
                 Verdict::Deny(message) => return Ok(Err(message)),
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(plans))
+    }
+
+    /// For a `COPY … TO STDOUT`: its format and columns, or `Err(message)` (recorded as a
+    /// denial) when its output could not be masked.
+    async fn copy_plan(
+        &self,
+        stmt: &Classified,
+    ) -> Result<Result<Option<CopyPlan>, String>, PgError> {
+        let Some(copy) = &stmt.copy_out else {
+            return Ok(Ok(None));
+        };
+        let refused = match &copy.format {
+            CopyFormat::Unmaskable(why) => Err(why.clone()),
+            // Without column rules only content is masked: the columns need not be known.
+            _ if !self.resource.masking.has_column_rules() => Ok(Vec::new()),
+            _ => match self
+                .ctx
+                .shared
+                .postgres
+                .catalogs
+                .describe(&self.scope(), &copy.describe)
+                .await
+            {
+                Ok(described) => Ok(self.resolve(described, &[]).await),
+                Err(e) => Err(format!(
+                    "the columns of this COPY cannot be learnt, so its output cannot be masked ({e})"
+                )),
+            },
+        };
+        match refused {
+            Ok(columns) => Ok(Ok(Some(CopyPlan {
+                format: copy.format.clone(),
+                columns,
+            }))),
+            Err(why) => {
+                self.record(stmt, "deny", Vec::new(), None, None, Some(why.clone()))
+                    .await?;
+                Ok(Err(format!("enforcer: {why}")))
+            }
+        }
+    }
+
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            resource: self.resource,
+            addr: self.upstream,
+            database: &self.database,
+            user: &self.user,
+        }
+    }
+
+    /// Names the table columns behind described result columns (when a column rule needs
+    /// them); `binary` gives each column's result format.
+    async fn resolve(&self, described: Vec<Described>, binary: &[bool]) -> Vec<Column> {
+        let profile = &self.resource.masking;
+        let tables = if profile.has_column_rules() {
+            let oids: Vec<u32> = described.iter().map(|d| d.table_oid).collect();
+            match self
+                .ctx
+                .shared
+                .postgres
+                .catalogs
+                .tables(&self.scope(), &oids)
+                .await
+            {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(resource = %self.resource.name, error = %e, "catalog lookup failed; table columns are masked whole");
+                    None
+                }
+            }
+        } else {
+            Some(HashMap::new())
+        };
+        described
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let source = if d.table_oid == 0 || !profile.has_column_rules() {
+                    Source::Expression
+                } else {
+                    match tables
+                        .as_ref()
+                        .and_then(|t| t.get(&d.table_oid))
+                        .and_then(|t| t.column(d.attnum).map(|c| (t, c)))
+                    {
+                        Some((table, column)) => Source::Table {
+                            column: column.to_owned(),
+                            table: Arc::clone(table),
+                        },
+                        None => Source::Unknown,
+                    }
+                };
+                Column {
+                    name: d.name,
+                    type_oid: d.type_oid,
+                    binary: binary.get(i).copied().unwrap_or(false),
+                    source,
+                }
+            })
+            .collect()
     }
 
     /// Decides the one statement of a Parse.
@@ -516,10 +764,16 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     tables: Default::default(),
                     because: None,
                     text: String::new(),
+                    copy_out: None,
                 },
                 grant_based: false,
                 policies: Vec::new(),
+                copy: None,
             }));
+        };
+        let copy = match self.copy_plan(stmt).await? {
+            Ok(plan) => plan,
+            Err(message) => return Ok(Err(message)),
         };
         // Recorded at each execution (a prepared statement may run many times, or never).
         Ok(match self.decide(stmt, false, false).await? {
@@ -530,6 +784,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 classified: stmt.clone(),
                 grant_based,
                 policies,
+                copy,
             }),
             Verdict::Deny(message) => Err(message),
         })
@@ -848,8 +1103,29 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 return Ok(());
             };
             let tag = frame[0];
+            let described = if tag == b'T' {
+                let PgWireBackendMessage::RowDescription(rd) =
+                    decode(frame.clone(), |b| PgWireBackendMessage::decode(b, &bctx))?
+                else {
+                    return Err(PgError::Upstream("bad RowDescription".into()));
+                };
+                let binary: Vec<bool> = rd.fields.iter().map(|f| f.format_code == 1).collect();
+                let described = rd
+                    .fields
+                    .into_iter()
+                    .map(|f| Described {
+                        name: f.name,
+                        table_oid: f.table_id as u32,
+                        attnum: f.column_id,
+                        type_oid: f.type_id,
+                    })
+                    .collect();
+                Some(self.resolve(described, &binary).await)
+            } else {
+                None
+            };
             let done = self.statement_done(&frame, tag, &bctx);
-            let forward = self.on_server_message(frame, &bctx)?;
+            let forward = self.on_server_message(frame, &bctx, described)?;
             if let Some(bytes) = forward {
                 self.writer.lock().await.write_all(&bytes).await?;
             }
@@ -951,6 +1227,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         &self,
         frame: BytesMut,
         bctx: &DecodeContext,
+        described: Option<Vec<Column>>,
     ) -> Result<Option<BytesMut>, PgError> {
         let mut shared = lock(self.shared);
         let tag = frame[0];
@@ -982,26 +1259,63 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 Some(frame)
             }
             b'T' => {
-                let PgWireBackendMessage::RowDescription(rd) =
-                    decode(frame.clone(), |b| PgWireBackendMessage::decode(b, bctx))?
-                else {
-                    return Err(PgError::Upstream("bad RowDescription".into()));
-                };
+                let columns = described.unwrap_or_default();
                 match shared.expect.front() {
                     Some(Expect::DescribeStatement { statement }) => {
                         let statement = statement.clone();
-                        shared.statements.insert(statement, columns(&rd.fields));
+                        shared.statements.insert(statement, columns);
                         shared.expect.pop_front();
                     }
                     Some(Expect::DescribePortal { portal }) => {
                         let portal = portal.clone();
-                        let columns = columns(&rd.fields);
                         shared.portals.insert(portal, columns);
                         shared.expect.pop_front();
                     }
-                    _ => shared.query_columns = Some(columns(&rd.fields)),
+                    _ => shared.query_columns = Some(columns),
                 }
                 Some(frame)
+            }
+            b'H' => {
+                // COPY … TO STDOUT begins: only as the session decided it, in text.
+                let Some(plan) = shared.copy_plans.pop_front() else {
+                    return Err(PgError::Upstream(
+                        "COPY output the session did not decide".into(),
+                    ));
+                };
+                if body(&frame).first() != Some(&0) {
+                    return Err(PgError::Upstream(
+                        "COPY output in binary format cannot be masked".into(),
+                    ));
+                }
+                shared.copy_active = Some((CopyMasker::new(plan.format), plan.columns));
+                Some(frame)
+            }
+            b'd' | b'c' => {
+                let Some((mut masker, columns)) = shared.copy_active.take() else {
+                    return Ok(Some(frame));
+                };
+                drop(shared);
+                let mut mask = |i: usize, text: &str| {
+                    self.mask_value(columns.get(i), text.as_bytes())
+                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                };
+                let mut out = BytesMut::new();
+                let data = if tag == b'd' {
+                    masker.feed(body(&frame), &mut mask)
+                } else {
+                    masker.finish(&mut mask)
+                };
+                if !data.is_empty() {
+                    out.put_u8(b'd');
+                    out.put_i32(4 + data.len() as i32);
+                    out.put_slice(&data);
+                }
+                if tag == b'c' {
+                    out.extend_from_slice(&frame);
+                } else {
+                    lock(self.shared).copy_active = Some((masker, columns));
+                }
+                (!out.is_empty()).then_some(out)
             }
             b'n' => {
                 match shared.expect.front() {
@@ -1036,6 +1350,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 Some(frame)
             }
             b'E' => {
+                shared.copy_active = None;
                 if !matches!(shared.expect.front(), Some(Expect::Query) | None) {
                     // Extended protocol: the server skips everything up to the Sync.
                     while !matches!(shared.expect.front(), Some(Expect::Sync) | None) {
@@ -1047,6 +1362,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             b'Z' => {
                 shared.expect.pop_front();
                 shared.query_columns = None;
+                shared.copy_active = None;
+                // Plans of COPY statements an error skipped.
+                if !shared
+                    .expect
+                    .iter()
+                    .any(|e| matches!(e, Expect::Query | Expect::Execute { .. }))
+                {
+                    shared.copy_plans.clear();
+                }
                 Some(frame)
             }
             _ => Some(frame),
@@ -1056,7 +1380,6 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     /// Masks one DataRow per the resource's profile. A value that cannot be masked safely in
     /// its type becomes NULL, which every type admits.
     fn mask_row(&self, frame: BytesMut, columns: Option<&[Column]>) -> Result<BytesMut, PgError> {
-        let profile = &self.resource.masking;
         let Some(values) = data_row_values(body(&frame)) else {
             return Err(PgError::Upstream(
                 "malformed DataRow from the server".into(),
@@ -1069,36 +1392,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 out.push(None);
                 continue;
             };
-            let column = columns.and_then(|c| c.get(i));
-            let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
-            let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
-            let masked: Option<Option<Vec<u8>>> = match (column, std::str::from_utf8(value)) {
-                (Some(c), Ok(text)) if textual && profile.masks_column(&c.name) => {
-                    Some(if text_type {
-                        Some(profile.mask_value(text, &c.name).into_bytes())
-                    } else {
-                        None
-                    })
-                }
-                (Some(c), _) if profile.masks_column(&c.name) => Some(None),
-                (_, Ok(text)) if textual => {
-                    let (scanned, fired) = profile.scan(text);
-                    if fired.is_empty() {
-                        None
-                    } else {
-                        for detector in &fired {
-                            self.ctx.metrics.masked(detector);
-                        }
-                        Some(if text_type {
-                            Some(scanned.into_owned().into_bytes())
-                        } else {
-                            None
-                        })
-                    }
-                }
-                _ => None,
-            };
-            match masked {
+            match self.mask_value(columns.and_then(|c| c.get(i)), value) {
                 Some(v) => {
                     changed = true;
                     out.push(v);
@@ -1129,6 +1423,50 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     }
 }
 
+impl<W> Session<'_, W> {
+    /// Whether a column rule masks the column whole.
+    fn ruled(&self, column: &Column) -> bool {
+        let profile = &self.resource.masking;
+        profile.masks_column(&column.name)
+            || match &column.source {
+                Source::Expression => false,
+                Source::Table { table, column } => {
+                    profile.masks_table_column(&table.schema, &table.name, column)
+                }
+                Source::Unknown => profile.has_column_rules(),
+            }
+    }
+
+    /// One value's fate: `None` unchanged, `Some(None)` NULL, `Some(Some(bytes))` replaced.
+    fn mask_value(&self, column: Option<&Column>, value: &[u8]) -> Option<Option<Vec<u8>>> {
+        let profile = &self.resource.masking;
+        let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
+        let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
+        let ruled = column.filter(|c| self.ruled(c));
+        match (ruled, std::str::from_utf8(value)) {
+            (Some(c), Ok(text)) if textual => {
+                self.ctx.metrics.masked("column");
+                Some(text_type.then(|| profile.mask_value(text, &c.name).into_bytes()))
+            }
+            (Some(_), _) => {
+                self.ctx.metrics.masked("column");
+                Some(None)
+            }
+            (None, Ok(text)) if textual => {
+                let (scanned, fired) = profile.scan(text);
+                if fired.is_empty() {
+                    return None;
+                }
+                for detector in &fired {
+                    self.ctx.metrics.masked(detector);
+                }
+                Some(text_type.then(|| scanned.into_owned().into_bytes()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// enforcer's denials are raised by the server from an anonymous code block; the client
 /// needs the message, not the server's note of where it was raised.
 fn own_error_without_context(frame: BytesMut, bctx: &DecodeContext) -> Result<BytesMut, PgError> {
@@ -1155,17 +1493,6 @@ fn own_error_without_context(frame: BytesMut, bctx: &DecodeContext) -> Result<By
 fn is_text_type(oid: u32) -> bool {
     // text, varchar, bpchar, name, unknown, json, xml, citext-less defaults
     matches!(oid, 25 | 1043 | 1042 | 19 | 705 | 114 | 142)
-}
-
-fn columns(fields: &[FieldDescription]) -> Vec<Column> {
-    fields
-        .iter()
-        .map(|f| Column {
-            name: f.name.clone(),
-            type_oid: f.type_id,
-            binary: f.format_code == 1,
-        })
-        .collect()
 }
 
 /// A statement's columns with the result formats a Bind asked for.

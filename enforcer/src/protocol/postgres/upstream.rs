@@ -10,13 +10,94 @@ use postgres_protocol::authentication::{
     md5_hash,
     sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256},
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use std::net::SocketAddr;
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::TcpStream,
+};
 
 use super::{
     PgError,
     frame::{FrameReader, decode},
 };
-use crate::policy::{CredentialSource, Resource};
+use crate::{
+    policy::{CredentialSource, Resource, UpstreamTls},
+    proxy::connect_upstream,
+    tls::MaybeTls,
+};
+
+pub type Upstream = MaybeTls<TcpStream>;
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects to the real server, over verified TLS when the policy configures it.
+pub async fn connect(tls: Option<&UpstreamTls>, addr: SocketAddr) -> Result<Upstream, PgError> {
+    let mut tcp = connect_upstream(addr)
+        .await
+        .map_err(|e| PgError::Upstream(e.to_string()))?;
+    let Some(tls) = tls else {
+        return Ok(MaybeTls::Plain(tcp));
+    };
+    tcp.write_all(&SSL_REQUEST).await?;
+    // Exactly one byte: anything the server sends before the handshake is not trusted.
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(PgError::Upstream(format!(
+            "{addr} does not accept TLS, which the policy requires for it"
+        )));
+    }
+    let name = crate::tls::server_name(tls.server_name.as_deref(), addr.ip())
+        .map_err(|e| PgError::Upstream(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| PgError::Upstream(format!("TLS handshake with {addr} timed out")))?
+        .map_err(|e| PgError::Upstream(format!("TLS with {addr}: {e}")))?;
+    Ok(MaybeTls::Client(Box::new(stream)))
+}
+
+/// An authenticated connection to the real server, split; the server's ParameterStatus,
+/// BackendKeyData and first ReadyForQuery are next on the reader.
+pub async fn open(
+    resource: &Resource,
+    addr: SocketAddr,
+    secret: &Secret,
+    parameters: &[(String, String)],
+) -> Result<(FrameReader<ReadHalf<Upstream>>, WriteHalf<Upstream>), PgError> {
+    let up = connect(resource.upstream_tls.as_ref(), addr).await?;
+    let (r, mut w) = tokio::io::split(up);
+    let mut reader = FrameReader::new(r);
+    authenticate(&mut reader, &mut w, secret, parameters).await?;
+    Ok((reader, w))
+}
+
+/// Where a client's CancelRequest goes: the server backend enforcer opened for it.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub addr: SocketAddr,
+    pub tls: Option<UpstreamTls>,
+    pub pid: i32,
+    pub key: i32,
+}
+
+/// Asks the server to cancel what the target backend is running.
+pub async fn cancel(target: &CancelTarget) -> Result<(), PgError> {
+    let mut up = connect(target.tls.as_ref(), target.addr).await?;
+    let mut packet = Vec::with_capacity(16);
+    packet.extend_from_slice(&16i32.to_be_bytes());
+    packet.extend_from_slice(&80_877_102i32.to_be_bytes());
+    packet.extend_from_slice(&target.pid.to_be_bytes());
+    packet.extend_from_slice(&target.key.to_be_bytes());
+    up.write_all(&packet).await?;
+    up.flush().await?;
+    // The server closes the connection once it has read the request.
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), up.read(&mut sink)).await;
+    Ok(())
+}
 
 /// Largest message accepted from the server (DataRow and friends may be large).
 pub const MAX_BACKEND: usize = 1 << 30;

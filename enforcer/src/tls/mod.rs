@@ -1,0 +1,342 @@
+//! TLS on both sides of the proxy.
+//!
+//! Toward the workload, enforcer stands where the real server was, so it presents a
+//! certificate for the address (or SNI name) the workload dialled, issued by enforcer's own
+//! certificate authority (`<state>/ca.pem`; its key `<state>/ca-key.pem` is 0600). A client
+//! that verifies certificates is given that CA to trust. Toward the real server, enforcer is
+//! an ordinary verifying client ([`upstream_config`]).
+
+mod stream;
+
+pub use stream::MaybeTls;
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::IpAddr,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate authority {path}: {message}")]
+    Authority { path: PathBuf, message: String },
+    #[error("CA key {path} is readable by others (mode {mode:o}); it must be 0600")]
+    KeyExposed { path: PathBuf, mode: u32 },
+    #[error("cannot issue a certificate for {name}: {message}")]
+    Issue { name: String, message: String },
+    #[error("trusted CA file {path}: {message}")]
+    TrustFile { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// How long a certificate enforcer issues to itself stays valid, and when it is renewed.
+const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+const LEAF_RENEW: Duration = Duration::from_secs(24 * 3600);
+/// Distinct names a CA keeps certificates for; the workload chooses SNI names, so bounded.
+const MAX_LEAVES: usize = 1024;
+
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca-key.pem";
+
+/// enforcer's certificate authority, and the server configurations it has issued.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    ca_path: PathBuf,
+    leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("ca", &self.ca_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "enforcer");
+    dn.push(DnType::CommonName, "enforcer workload CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+impl Authority {
+    /// Loads the CA from the state directory, creating it on first use.
+    pub fn load_or_create(state_dir: &Path) -> Result<Authority, TlsError> {
+        let key_path = state_dir.join(CA_KEY);
+        let ca_path = state_dir.join(CA_CERT);
+        let err = |path: &Path, message: String| TlsError::Authority {
+            path: path.to_owned(),
+            message,
+        };
+        let (key, ca_pem) = match std::fs::read_to_string(&key_path) {
+            Ok(key_pem) => {
+                let meta =
+                    std::fs::metadata(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+                let mode = meta.mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(TlsError::KeyExposed {
+                        path: key_path,
+                        mode,
+                    });
+                }
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                if meta.uid() != me {
+                    // Another user could have planted it.
+                    return Err(err(
+                        &key_path,
+                        format!("owned by uid {}, not by enforcer (uid {me})", meta.uid()),
+                    ));
+                }
+                let key = KeyPair::from_pem(&key_pem).map_err(|e| err(&key_path, e.to_string()))?;
+                let ca_pem =
+                    std::fs::read_to_string(&ca_path).map_err(|e| err(&ca_path, e.to_string()))?;
+                (key, ca_pem)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = KeyPair::generate().map_err(|e| err(&key_path, e.to_string()))?;
+                let mut params = ca_params();
+                params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+                params.not_after = params.not_before + time::Duration::days(3650);
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| err(&ca_path, e.to_string()))?;
+                write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)
+                    .map_err(|e| err(&key_path, e.to_string()))?;
+                write_file(&ca_path, cert.pem().as_bytes(), 0o644)
+                    .map_err(|e| err(&ca_path, e.to_string()))?;
+                (key, cert.pem())
+            }
+            Err(e) => return Err(err(&key_path, e.to_string())),
+        };
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| err(&ca_path, e.to_string()))?;
+        // The issuer is rebuilt from the fixed name and the stored key: certificates it signs
+        // name the stored CA and carry its key identifier, so they chain to `ca.pem`.
+        let issuer = Issuer::new(ca_params(), key);
+        Ok(Authority {
+            issuer,
+            ca_der,
+            ca_path,
+            leaves: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where the CA certificate a verifying client should trust is.
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// A server configuration presenting a certificate for `sni` if the client sent one,
+    /// else for the address it connected to.
+    pub fn server_config(
+        &self,
+        sni: Option<&str>,
+        addr: IpAddr,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let name = sni.map_or_else(|| addr.to_string(), str::to_ascii_lowercase);
+        let key = format!("{name}|{}", alpn.len());
+        {
+            let leaves = match self.leaves.lock() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            if let Some((issued, config)) = leaves.get(&key)
+                && issued.elapsed() < LEAF_RENEW
+            {
+                return Ok(Arc::clone(config));
+            }
+        }
+        let config = Arc::new(self.issue(&name, alpn)?);
+        let mut leaves = match self.leaves.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if leaves.len() >= MAX_LEAVES {
+            leaves.clear();
+        }
+        leaves.insert(key, (Instant::now(), Arc::clone(&config)));
+        Ok(config)
+    }
+
+    fn issue(&self, name: &str, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
+        let fail = |message: String| TlsError::Issue {
+            name: name.to_owned(),
+            message,
+        };
+        let san = match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                name.try_into()
+                    .map_err(|e: rcgen::Error| fail(format!("not a DNS name: {e}")))?,
+            ),
+        };
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![san];
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.to_owned());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = params.not_before + LEAF_VALIDITY;
+        let key = KeyPair::generate().map_err(|e| fail(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| fail(e.to_string()))?;
+        let chain = vec![cert.der().clone(), self.ca_der.clone()];
+        let private = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// A verifying client configuration toward a real server: trusting the CA file the policy
+/// names, or the system's roots.
+pub fn upstream_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let fail = |message: String| TlsError::TrustFile {
+                path: path.to_owned(),
+                message,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| fail(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(fail("no certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system root rustls cannot use is skipped, as every TLS client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The name a server's certificate must carry: the configured one, else its address.
+pub fn server_name(
+    configured: Option<&str>,
+    addr: IpAddr,
+) -> Result<ServerName<'static>, TlsError> {
+    match configured {
+        Some(name) => ServerName::try_from(name.to_owned()).map_err(|e| {
+            TlsError::Config(rustls::Error::General(format!("server name {name:?}: {e}")))
+        }),
+        None => Ok(ServerName::IpAddress(addr.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_chain_to_the_stored_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Authority::load_or_create(dir.path()).expect("create");
+        let mode = std::fs::metadata(dir.path().join(CA_KEY))
+            .expect("key")
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Reloaded: the same CA, and what it issues verifies against ca.pem.
+        let again = Authority::load_or_create(dir.path()).expect("load");
+        assert_eq!(first.ca_der, again.ca_der);
+        let server = again
+            .server_config(Some("db.internal"), "127.0.0.1".parse().expect("ip"), &[])
+            .expect("issue");
+        let client = upstream_config(Some(&dir.path().join(CA_CERT)), &[]).expect("client");
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client),
+            ServerName::try_from("db.internal").expect("name"),
+        )
+        .expect("client conn");
+        let mut server = rustls::ServerConnection::new(server).expect("server conn");
+        // Drive the handshake in memory.
+        for _ in 0..8 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).expect("write");
+            if !buf.is_empty() {
+                server.read_tls(&mut buf.as_slice()).expect("read");
+                server.process_new_packets().expect("server accepts");
+            }
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).expect("write");
+            if !buf.is_empty() {
+                client.read_tls(&mut buf.as_slice()).expect("read");
+                client
+                    .process_new_packets()
+                    .expect("client verifies the chain");
+            }
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+    }
+
+    #[test]
+    fn an_exposed_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Authority::load_or_create(dir.path()).expect("create");
+        std::fs::set_permissions(
+            dir.path().join(CA_KEY),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        assert!(matches!(
+            Authority::load_or_create(dir.path()),
+            Err(TlsError::KeyExposed { .. })
+        ));
+    }
+}
