@@ -97,7 +97,14 @@ fn field(text: &str, key: &str) -> Result<f64> {
 }
 
 pub fn run(only: &[String]) -> Result<()> {
-    const KINDS: [&str; 5] = ["connect", "latency", "throughput", "memory", "grants"];
+    const KINDS: [&str; 6] = [
+        "connect",
+        "latency",
+        "throughput",
+        "memory",
+        "grants",
+        "postgres",
+    ];
     if let Some(bad) = only.iter().find(|o| !KINDS.contains(&o.as_str())) {
         bail!(
             "unknown measurement {bad:?}; choose from {}",
@@ -128,6 +135,13 @@ pub fn run(only: &[String]) -> Result<()> {
     let wanted = |kind: &str| only.is_empty() || only.iter().any(|o| o == kind);
     if wanted("grants") {
         grants(&target.join("release/examples/bench_grants"))?;
+    }
+    if wanted("postgres") {
+        let result = crate::bench_pg::run(&target.join("release/enforcer"), &dir);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result?;
     }
     let network = ["connect", "latency", "throughput", "memory"]
         .iter()

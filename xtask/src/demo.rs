@@ -6,7 +6,6 @@
 //! did what.
 
 use std::{
-    net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,9 +15,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, exec, root, setup};
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+use crate::{
+    cargo, exec,
+    pg::{Postgres, free_port},
+    root, setup,
+};
 
 struct Killed(Child);
 
@@ -29,100 +30,18 @@ impl Drop for Killed {
     }
 }
 
-struct Postgres {
-    data: PathBuf,
-    port: u16,
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .args(["stop", "-m", "immediate", "-D"])
-            .arg(&self.data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn free_port(ip: &str) -> Result<u16> {
-    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
 fn start_postgres(dir: &Path) -> Result<Postgres> {
-    let data = dir.join("pgdata");
-    let sock = dir.join("pgsock");
-    std::fs::create_dir_all(&sock)?;
-    std::fs::create_dir_all(&data)?;
-    exec(
-        Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&sock)
-            .arg(&data),
-    )?;
-    exec(
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/initdb"))
-            .args(["-U", "postgres", "--auth=trust", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null()),
-    )?;
-    // The application role logs in with a SCRAM password over TCP, as in production.
-    let hba = data.join("pg_hba.conf");
-    let old = std::fs::read_to_string(&hba)?;
-    std::fs::write(
-        &hba,
-        format!("host all app 127.0.0.1/32 scram-sha-256\n{old}"),
-    )?;
-    let port = free_port("127.0.0.1")?;
-    let pg = Postgres {
-        data: data.clone(),
-        port,
-    };
-    exec(
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .args(["start", "-w", "-D"])
-            .arg(&data)
-            .arg("-l")
-            .arg(sock.join("postgres.log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                sock.display()
-            ))
-            .stdout(Stdio::null()),
-    )?;
-    let sql = "CREATE DATABASE demo;";
-    exec(Command::new("psql").args(["-q", "-h"]).arg(&sock).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-c",
-        sql,
-    ]))?;
-    let sql = "SET password_encryption = 'scram-sha-256';
-        CREATE ROLE app LOGIN PASSWORD 'real-secret';
-        CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text);
+    let pg = Postgres::start(dir, "")?;
+    pg.psql("postgres", "CREATE DATABASE demo;")?;
+    pg.app_role("real-secret")?;
+    pg.psql(
+        "demo",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text);
         INSERT INTO customers VALUES (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111'),
                                      (2, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004'),
                                      (3, 'Alan Turing', 'alan@example.com', '5500 0000 0000 0004');
-        GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO app;";
-    exec(Command::new("psql").args(["-q", "-h"]).arg(&sock).args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "demo",
-        "-c",
-        sql,
-    ]))?;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO app;",
+    )?;
     Ok(pg)
 }
 

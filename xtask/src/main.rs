@@ -2,7 +2,9 @@
 //! Debian machine as root: `cargo xtask demo`, `cargo xtask test`.
 
 mod bench;
+mod bench_pg;
 mod demo;
+mod pg;
 mod setup;
 mod vm;
 

@@ -64,7 +64,12 @@ fn installed(package: &str) -> bool {
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install(PACKAGES)
+}
+
+/// Installs the Debian packages not installed yet.
+pub fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

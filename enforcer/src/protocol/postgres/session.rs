@@ -95,8 +95,11 @@ struct CopyPlan {
 /// A reply the client's messages will cause, in order.
 #[derive(Debug)]
 enum Expect {
-    /// Simple query: everything up to ReadyForQuery.
-    Query,
+    /// Simple query: everything up to ReadyForQuery; how to mask the output of its COPY
+    /// statements, in order.
+    Query {
+        copies: VecDeque<CopyPlan>,
+    },
     Parse {
         swallow: bool,
     },
@@ -114,6 +117,7 @@ enum Expect {
     },
     Execute {
         portal: String,
+        copy: Option<CopyPlan>,
     },
     Close,
     Sync,
@@ -129,8 +133,7 @@ struct Shared {
     /// When the statement whose reply comes next was sent on (or the one before it ended).
     running_since: Option<std::time::Instant>,
     rows: u64,
-    /// COPY … TO STDOUT statements sent, in order, and the one whose rows are coming.
-    copy_plans: VecDeque<CopyPlan>,
+    /// The COPY … TO STDOUT whose rows are coming.
     copy_active: Option<(CopyMasker, Vec<Column>)>,
 }
 
@@ -412,7 +415,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     {
         let fctx = frontend_context();
         let mut prepared: HashMap<String, Prepared> = HashMap::new();
-        let mut portals: HashMap<String, String> = HashMap::new();
+        let mut portals: HashMap<String, Option<Prepared>> = HashMap::new();
         loop {
             let Some(frame) = reader.message(MAX_FRONTEND).await? else {
                 return Ok(());
@@ -426,15 +429,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     else {
                         return Err(PgError::Protocol("bad Query".into()));
                     };
-                    let text = match self.decide_text(&q.query, true).await? {
-                        Ok(plans) => {
-                            lock(self.shared).copy_plans.extend(plans);
-                            q.query
-                        }
-                        Err(message) => raise(&message),
+                    let (text, copies) = match self.decide_text(&q.query, true).await? {
+                        Ok(plans) => (q.query, plans.into()),
+                        Err(message) => (raise(&message), VecDeque::new()),
                     };
                     Query::new(text).encode(&mut out)?;
-                    self.expect(Expect::Query);
+                    self.expect(Expect::Query { copies });
                 }
                 b'P' => {
                     let PgWireFrontendMessage::Parse(p) =
@@ -463,7 +463,9 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     };
                     let portal = b.portal_name.clone().unwrap_or_default();
                     let statement = b.statement_name.clone().unwrap_or_default();
-                    portals.insert(portal.clone(), statement.clone());
+                    // The portal runs the statement as it is now, even if the name is
+                    // prepared anew before the Execute.
+                    portals.insert(portal.clone(), prepared.get(&statement).cloned());
                     out.extend_from_slice(&frame);
                     self.expect(Expect::Bind {
                         portal,
@@ -479,16 +481,13 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                         return Err(PgError::Protocol("bad Execute".into()));
                     };
                     let portal = e.name.clone().unwrap_or_default();
-                    let statement = portals.get(&portal).cloned().unwrap_or_default();
-                    let prepared_statement = prepared.get(&statement).cloned();
-                    if let Some(plan) = prepared_statement.as_ref().and_then(|p| p.copy.clone()) {
-                        lock(self.shared).copy_plans.push_back(plan);
-                    }
-                    match prepared_statement {
+                    let bound = portals.get(&portal).cloned().flatten();
+                    let copy = bound.as_ref().and_then(|p| p.copy.clone());
+                    match bound {
                         Some(p) if p.grant_based => match self.use_grant(&p.classified).await? {
                             Ok(_) => {
                                 out.extend_from_slice(&frame);
-                                self.expect(Expect::Execute { portal });
+                                self.expect(Expect::Execute { portal, copy });
                             }
                             Err(message) => self.inject_denial(&mut out, &message)?,
                         },
@@ -498,11 +497,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                                     .await?;
                             }
                             out.extend_from_slice(&frame);
-                            self.expect(Expect::Execute { portal });
+                            self.expect(Expect::Execute { portal, copy });
                         }
                         None => {
                             out.extend_from_slice(&frame);
-                            self.expect(Expect::Execute { portal });
+                            self.expect(Expect::Execute { portal, copy });
                         }
                     }
                 }
@@ -573,7 +572,9 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
 
     fn expect(&self, e: Expect) {
         let mut shared = lock(self.shared);
-        if matches!(e, Expect::Query | Expect::Execute { .. }) && shared.running_since.is_none() {
+        if matches!(e, Expect::Query { .. } | Expect::Execute { .. })
+            && shared.running_since.is_none()
+        {
             shared.running_since = Some(std::time::Instant::now());
         }
         shared.expect.push_back(e);
@@ -594,6 +595,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         });
         self.expect(Expect::Execute {
             portal: String::new(),
+            copy: None,
         });
         Ok(())
     }
@@ -1157,7 +1159,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         let mut shared = lock(self.shared);
         let running = matches!(
             shared.expect.front(),
-            Some(Expect::Query | Expect::Execute { .. })
+            Some(Expect::Query { .. } | Expect::Execute { .. })
         );
         match tag {
             b'D' => {
@@ -1213,7 +1215,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     .expect
                     .iter()
                     .skip(1)
-                    .any(|e| matches!(e, Expect::Query | Expect::Execute { .. }));
+                    .any(|e| matches!(e, Expect::Query { .. } | Expect::Execute { .. }));
                 shared.running_since = more.then(std::time::Instant::now);
                 shared.rows = 0;
                 None
@@ -1277,7 +1279,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             }
             b'H' => {
                 // COPY … TO STDOUT begins: only as the session decided it, in text.
-                let Some(plan) = shared.copy_plans.pop_front() else {
+                let plan = match shared.expect.front_mut() {
+                    Some(Expect::Query { copies }) => copies.pop_front(),
+                    Some(Expect::Execute { copy, .. }) => copy.take(),
+                    _ => None,
+                };
+                let Some(plan) = plan else {
                     return Err(PgError::Upstream(
                         "COPY output the session did not decide".into(),
                     ));
@@ -1335,7 +1342,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             }
             b'D' => {
                 let columns = match shared.expect.front() {
-                    Some(Expect::Execute { portal }) => shared.portals.get(portal).cloned(),
+                    Some(Expect::Execute { portal, .. }) => shared.portals.get(portal).cloned(),
                     _ => shared.query_columns.clone(),
                 };
                 drop(shared);
@@ -1351,7 +1358,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             }
             b'E' => {
                 shared.copy_active = None;
-                if !matches!(shared.expect.front(), Some(Expect::Query) | None) {
+                if !matches!(shared.expect.front(), Some(Expect::Query { .. }) | None) {
                     // Extended protocol: the server skips everything up to the Sync.
                     while !matches!(shared.expect.front(), Some(Expect::Sync) | None) {
                         shared.expect.pop_front();
@@ -1363,14 +1370,6 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 shared.expect.pop_front();
                 shared.query_columns = None;
                 shared.copy_active = None;
-                // Plans of COPY statements an error skipped.
-                if !shared
-                    .expect
-                    .iter()
-                    .any(|e| matches!(e, Expect::Query | Expect::Execute { .. }))
-                {
-                    shared.copy_plans.clear();
-                }
                 Some(frame)
             }
             _ => Some(frame),
