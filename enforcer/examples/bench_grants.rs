@@ -13,10 +13,7 @@ use enforcer::{
     grant::{GrantRequest, GrantSigner, Grants, Requester},
     metrics::Metrics,
     policy::{Policy, Principal},
-    record::{
-        Recorder,
-        audit::{self, AuditLog},
-    },
+    record::{Recorder, audit::AuditLog},
     store::{Store, StoreLocation},
 };
 
@@ -69,9 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("g.cedar".into(), CEDAR.into()),
     ])?;
     let store = Store::open(&StoreLocation::Sqlite(dir.path().join("enforcer.db"))).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    let writer = audit::spawn_writer(AuditLog::open(&dir.path().join("audit.jsonl"))?, rx);
-    let recorder = Recorder::new(tx);
+    let (recorder, writer) = Recorder::start(AuditLog::open(&dir.path().join("audit.jsonl"))?);
     let metrics = Arc::new(Metrics::new());
     let approvals = Arc::new(Approvals::new(
         store.clone(),

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::{
     admin::{self, AdminError, AdminState, OperatorToken, caller::TokenFileError},
@@ -18,7 +18,7 @@ use crate::{
     proxy::{AdminRoute, Listeners, Proxy, ProxyError, Sessions},
     record::{
         Recorder,
-        audit::{self, AuditError, AuditLog},
+        audit::{AuditError, AuditLog},
     },
     redirect::{Redirect, RedirectConfig, RedirectError},
     store::{Store, StoreError, StoreLocation},
@@ -96,9 +96,6 @@ pub struct Service {
     audit: std::thread::JoinHandle<Result<u64, AuditError>>,
 }
 
-/// How many events recorder queues before connection tasks wait for the writer.
-const AUDIT_QUEUE: usize = 4096;
-
 impl Service {
     pub async fn start(cfg: ServiceConfig) -> Result<Service, ServiceError> {
         ensure_not_own_cgroup(&cfg.cgroup)?;
@@ -160,9 +157,7 @@ impl Service {
                 source,
             })?;
 
-        let (tx, rx) = mpsc::channel(AUDIT_QUEUE);
-        let audit = audit::spawn_writer(audit_log, rx);
-        let recorder = Recorder::new(tx);
+        let (recorder, audit) = Recorder::start(audit_log);
         let metrics = Arc::new(Metrics::new());
         let policy = Arc::new(cfg.policy);
         let approvals = Arc::new(Approvals::new(

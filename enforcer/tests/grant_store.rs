@@ -59,12 +59,8 @@ async fn host(state: &Path, store: &StoreLocation, name: &str) -> Host {
     ])
     .expect("policy");
     let store = Store::open(store).await.expect("open store");
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let audit = audit::spawn_writer(
-        AuditLog::open(&state.join("audit.jsonl")).expect("audit"),
-        rx,
-    );
-    let recorder = Recorder::new(tx);
+    let (recorder, audit) =
+        Recorder::start(AuditLog::open(&state.join("audit.jsonl")).expect("audit"));
     let metrics = Arc::new(Metrics::new());
     let approvals = Arc::new(Approvals::new(
         store.clone(),

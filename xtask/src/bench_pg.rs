@@ -228,8 +228,7 @@ pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
         Command::new(format!("{PG_BIN}/pgbench"))
             .args(["-i", "-q", "-s", "10", "-h"])
             .arg(pg.socket_dir())
-            .args(["-p", &pg.port.to_string(), "-U", "postgres", "bench"])
-            .stderr(Stdio::null()),
+            .args(["-p", &pg.port.to_string(), "-U", "postgres", "bench"]),
     )?;
     pg.psql(
         "bench",

@@ -17,7 +17,6 @@ use std::{
 use std::os::unix::fs::OpenOptionsExt;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use super::Event;
 
@@ -50,6 +49,48 @@ pub struct AuditLog {
     file: File,
     seq: u64,
     prev: String,
+    appended: u64,
+}
+
+/// The last link of the chain: `(seq, hash)`.
+pub type Link = (u64, String);
+
+/// Syncs a chain's file from another thread than the one appending, and records its head.
+pub struct SyncHandle {
+    path: PathBuf,
+    file: File,
+}
+
+impl SyncHandle {
+    /// Makes everything appended so far durable, then records `link` as the head.
+    pub fn sync(&self, link: &Link) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(|source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        write_head(&self.path, link)
+    }
+}
+
+fn write_head(path: &Path, (seq, prev): &Link) -> Result<(), AuditError> {
+    let write_err = |source| AuditError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let head = head_path(path);
+    let tmp = head.with_extension("head.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut head_file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_err)?;
+    head_file
+        .write_all(format!("{seq} {prev}\n").as_bytes())
+        .map_err(write_err)?;
+    std::fs::rename(&tmp, &head).map_err(write_err)?;
+    Ok(())
 }
 
 impl AuditLog {
@@ -89,6 +130,7 @@ impl AuditLog {
             file,
             seq,
             prev,
+            appended: 0,
         };
         // A head exists from the start, so that a missing head always means tampering.
         if !head_path(path).exists() {
@@ -116,30 +158,32 @@ impl AuditLog {
             })?;
         self.seq = seq;
         self.prev = hash;
+        self.appended += 1;
         Ok(())
+    }
+
+    pub fn link(&self) -> Link {
+        (self.seq, self.prev.clone())
+    }
+
+    /// Records appended since the log was opened.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    pub fn sync_handle(&self) -> Result<SyncHandle, AuditError> {
+        Ok(SyncHandle {
+            path: self.path.clone(),
+            file: self.file.try_clone().map_err(|source| AuditError::Write {
+                path: self.path.clone(),
+                source,
+            })?,
+        })
     }
 
     /// Makes what was appended durable and records the chain head.
     pub fn sync(&mut self) -> Result<(), AuditError> {
-        let write_err = |source| AuditError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.sync_data().map_err(write_err)?;
-        let head = head_path(&self.path);
-        let tmp = head.with_extension("head.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut head_file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err)?;
-        head_file
-            .write_all(format!("{} {}\n", self.seq, self.prev).as_bytes())
-            .map_err(write_err)?;
-        std::fs::rename(&tmp, &head).map_err(write_err)?;
-        Ok(())
+        self.sync_handle()?.sync(&self.link())
     }
 
     pub fn seq(&self) -> u64 {
@@ -185,61 +229,6 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| String::from("unknown"))
-}
-
-/// How long an appended record may wait for fsync. Records reach the file (and so survive a
-/// crash of enforcer) at once; this only bounds what a power loss can take. Syncing after every
-/// record costs each connection ~100 µs on a 2-core machine, for nothing a crash would keep.
-const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Runs the writer on its own thread: receives events until every sender is gone, writing
-/// each to the enforcement log (tracing) and the audit chain, syncing at most [`SYNC_EVERY`]
-/// after a write. Returns the number of records written.
-pub fn spawn_writer(
-    mut log: AuditLog,
-    mut rx: mpsc::Receiver<super::Queued>,
-) -> std::thread::JoinHandle<Result<u64, AuditError>> {
-    std::thread::Builder::new()
-        .name("audit-writer".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .map_err(|source| AuditError::Write {
-                    path: log.path.clone(),
-                    source,
-                })?;
-            runtime.block_on(async move {
-                let mut written = 0;
-                let mut dirty = false;
-                let sync_at = tokio::time::sleep(SYNC_EVERY);
-                tokio::pin!(sync_at);
-                loop {
-                    tokio::select! {
-                        queued = rx.recv() => {
-                            let Some(super::Queued { event, written: ack }) = queued else { break };
-                            event.log();
-                            log.append(&event)?;
-                            if let Some(ack) = ack {
-                                let _ = ack.send(());
-                            }
-                            written += 1;
-                            if !dirty {
-                                dirty = true;
-                                sync_at.as_mut().reset(tokio::time::Instant::now() + SYNC_EVERY);
-                            }
-                        }
-                        () = &mut sync_at, if dirty => {
-                            log.sync()?;
-                            dirty = false;
-                        }
-                    }
-                }
-                log.sync()?;
-                Ok(written)
-            })
-        })
-        .unwrap_or_else(|e| panic!("cannot start the audit writer thread: {e}"))
 }
 
 struct Record {

@@ -44,6 +44,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.inner
     }
 
+    /// Whether a whole tagged message is already read (so the next `message` will not wait).
+    pub fn has_message(&self) -> bool {
+        self.buf.len() >= 5
+            && usize::try_from(i32::from_be_bytes([
+                self.buf[1],
+                self.buf[2],
+                self.buf[3],
+                self.buf[4],
+            ]))
+            .is_ok_and(|len| self.buf.len() > len)
+    }
+
     /// Bytes read but not yet taken as a message.
     pub fn buffered(&self) -> usize {
         self.buf.len()

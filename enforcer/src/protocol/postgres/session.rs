@@ -416,12 +416,22 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         let fctx = frontend_context();
         let mut prepared: HashMap<String, Prepared> = HashMap::new();
         let mut portals: HashMap<String, Option<Prepared>> = HashMap::new();
+        // Messages the client sent together go to the server together (one write), except
+        // that what is pending goes out before a statement is decided, which may take long.
+        let mut out = BytesMut::new();
         loop {
+            if !out.is_empty() && !reader.has_message() {
+                upstream.write_all(&out).await?;
+                out.clear();
+            }
             let Some(frame) = reader.message(MAX_FRONTEND).await? else {
                 return Ok(());
             };
             let tag = frame[0];
-            let mut out = BytesMut::new();
+            if matches!(tag, b'Q' | b'P') && !out.is_empty() {
+                upstream.write_all(&out).await?;
+                out.clear();
+            }
             match tag {
                 b'Q' => {
                     let PgWireFrontendMessage::Query(q) =
@@ -483,6 +493,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     let portal = e.name.clone().unwrap_or_default();
                     let bound = portals.get(&portal).cloned().flatten();
                     let copy = bound.as_ref().and_then(|p| p.copy.clone());
+                    // Taking a use of a grant waits on the store: what is pending goes first.
+                    if bound.as_ref().is_some_and(|p| p.grant_based) && !out.is_empty() {
+                        upstream.write_all(&out).await?;
+                        out.clear();
+                    }
                     match bound {
                         Some(p) if p.grant_based => match self.use_grant(&p.classified).await? {
                             Ok(_) => {
@@ -530,7 +545,8 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 // Flush, COPY data from the client: no reply of their own.
                 b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(&frame),
                 b'X' => {
-                    upstream.write_all(&frame).await?;
+                    out.extend_from_slice(&frame);
+                    upstream.write_all(&out).await?;
                     return Ok(());
                 }
                 b'F' => {
@@ -566,7 +582,6 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     )));
                 }
             }
-            upstream.write_all(&out).await?;
         }
     }
 
@@ -1100,12 +1115,26 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         R: tokio::io::AsyncRead + Unpin,
     {
         let bctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+        // Replies the server sent together go to the client together (one write).
+        let mut out = BytesMut::new();
         loop {
+            if !out.is_empty() && !reader.has_message() {
+                self.writer.lock().await.write_all(&out).await?;
+                out.clear();
+            }
             let Some(frame) = reader.message(MAX_BACKEND).await? else {
+                if !out.is_empty() {
+                    self.writer.lock().await.write_all(&out).await?;
+                }
                 return Ok(());
             };
             let tag = frame[0];
             let described = if tag == b'T' {
+                // A catalog lookup may wait on the network: what is ready goes out first.
+                if !out.is_empty() && self.resource.masking.has_column_rules() {
+                    self.writer.lock().await.write_all(&out).await?;
+                    out.clear();
+                }
                 let PgWireBackendMessage::RowDescription(rd) =
                     decode(frame.clone(), |b| PgWireBackendMessage::decode(b, &bctx))?
                 else {
@@ -1129,7 +1158,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             let done = self.statement_done(&frame, tag, &bctx);
             let forward = self.on_server_message(frame, &bctx, described)?;
             if let Some(bytes) = forward {
-                self.writer.lock().await.write_all(&bytes).await?;
+                out.extend_from_slice(&bytes);
             }
             if let Some(done) = done {
                 self.ctx
