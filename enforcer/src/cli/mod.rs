@@ -7,6 +7,11 @@ mod daemon;
 mod detach;
 mod grant;
 mod logging;
+
+/// Writes out buffered log lines before the process exits.
+pub fn flush_logs() {
+    logging::flush();
+}
 mod policy;
 mod run;
 mod sessions;

@@ -68,30 +68,55 @@ impl Detector {
         }
     }
 
+    /// ASCII word boundaries and digits: Unicode ones would keep the regex engine off its
+    /// fast automaton, and the values looked for are ASCII.
+    fn pattern(self) -> &'static str {
+        match self {
+            Detector::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+            Detector::Card => r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+            Detector::Iban => {
+                r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?-u:\b)"
+            }
+            Detector::Ssn => r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
+            Detector::Phone => r"\+?\(?[0-9]{1,4}\)?(?:[ .-]?[0-9]{2,4}){2,5}(?-u:\b)",
+            Detector::ApiKey => {
+                r"(?-u:\b)(?:sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20})(?-u:\b)"
+            }
+            Detector::PrivateKey => {
+                r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+            }
+            Detector::Jwt => r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+",
+        }
+    }
+
+    fn index(self) -> usize {
+        Detector::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+
     fn regex(self) -> &'static Regex {
         static ALL: OnceLock<Vec<Regex>> = OnceLock::new();
         let all = ALL.get_or_init(|| {
             Detector::ALL
                 .iter()
                 .map(|d| {
-                    let pattern = match d {
-                        Detector::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-                        Detector::Card => r"\b\d(?:[ -]?\d){12,18}\b",
-                        Detector::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
-                        Detector::Ssn => r"\b\d{3}-\d{2}-\d{4}\b",
-                        Detector::Phone => r"\+?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,5}\b",
-                        Detector::ApiKey => r"\b(?:sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20})\b",
-                        Detector::PrivateKey => r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-                        Detector::Jwt => r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+",
-                    };
                     // The patterns are constants checked by the tests below.
                     #[allow(clippy::expect_used)]
-                    Regex::new(pattern).expect("detector pattern compiles")
+                    Regex::new(d.pattern()).expect("detector pattern compiles")
                 })
                 .collect()
         });
-        let i = Detector::ALL.iter().position(|d| *d == self).unwrap_or(0);
-        &all[i]
+        &all[self.index()]
+    }
+
+    /// Every detector at once: one pass over a value says which detectors may fire, and most
+    /// values need no other.
+    fn set() -> &'static regex::RegexSet {
+        static SET: OnceLock<regex::RegexSet> = OnceLock::new();
+        SET.get_or_init(|| {
+            #[allow(clippy::expect_used)]
+            regex::RegexSet::new(Detector::ALL.map(Detector::pattern))
+                .expect("detector patterns compile")
+        })
     }
 
     /// A match that is really this kind of value (checksums, digit counts).
@@ -231,11 +256,18 @@ impl Profile {
     pub fn scan<'a>(&self, text: &'a str) -> (Cow<'a, str>, Vec<&'static str>) {
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         let mut fired = Vec::new();
+        if self.detectors.is_empty() {
+            return (out, fired);
+        }
+        let candidates = Detector::set().matches(text);
+        if !candidates.matched_any() {
+            return (out, fired);
+        }
         for detector in &self.detectors {
-            let re = detector.regex();
-            if !re.is_match(&out) {
+            if !candidates.matched(detector.index()) {
                 continue;
             }
+            let re = detector.regex();
             let mut hit = false;
             let replaced = re
                 .replace_all(&out, |caps: &regex::Captures<'_>| {

@@ -136,8 +136,10 @@ impl Env {
             .collect()
     }
 
-    /// The enforcement log (JSON lines).
+    /// The enforcement log (JSON lines). A running enforcer writes it in batches, at most
+    /// 50 ms behind its decisions.
     pub fn log(&self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(150));
         read_json_lines(&self.state.join("enforcement.log"))
     }
 }
