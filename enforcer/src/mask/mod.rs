@@ -268,21 +268,21 @@ impl Profile {
                 continue;
             }
             let re = detector.regex();
-            let mut hit = false;
-            let replaced = re
-                .replace_all(&out, |caps: &regex::Captures<'_>| {
-                    let m = &caps[0];
-                    if detector.confirms(m) {
-                        hit = true;
-                        apply(self.strategy, m, detector.name())
-                    } else {
-                        m.to_owned()
-                    }
-                })
-                .into_owned();
-            if hit {
+            // Only matches that pass the detector's own check (checksums, digit counts)
+            // are masked; a value without one is left as it is, uncopied.
+            let mut masked = String::new();
+            let mut last = 0;
+            for m in re.find_iter(&out) {
+                if detector.confirms(m.as_str()) {
+                    masked.push_str(&out[last..m.start()]);
+                    masked.push_str(&apply(self.strategy, m.as_str(), detector.name()));
+                    last = m.end();
+                }
+            }
+            if last > 0 {
+                masked.push_str(&out[last..]);
                 fired.push(detector.name());
-                out = Cow::Owned(replaced);
+                out = Cow::Owned(masked);
             }
         }
         (out, fired)

@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Arc, Mutex as StdMutex},
+    sync::Mutex as StdMutex,
     time::Duration,
 };
 
@@ -36,7 +36,7 @@ use tokio::{
 
 use super::{
     PgError,
-    catalog::{Described, Scope, Table},
+    catalog::{Described, Scope},
     classify::{Classified, classify},
     copy::{CopyFormat, CopyMasker},
     frame::{FrameReader, body, data_row_values, decode},
@@ -69,20 +69,10 @@ struct Column {
     name: String,
     type_oid: u32,
     binary: bool,
-    source: Source,
-}
-
-/// Where a column's values come from.
-#[derive(Debug, Clone)]
-enum Source {
-    /// An expression, not a table column (or no column rule needs to know).
-    Expression,
-    Table {
-        table: Arc<Table>,
-        column: String,
-    },
-    /// A table column the catalog could not name: masked if any column rule exists.
-    Unknown,
+    /// Masked whole by a column rule: its label, or the table column it comes from, matches
+    /// one (or the table could not be named while column rules exist). Decided once per
+    /// result description, not per value.
+    ruled: bool,
 }
 
 /// How a `COPY … TO STDOUT` the session allowed is to be masked.
@@ -730,26 +720,25 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             .into_iter()
             .enumerate()
             .map(|(i, d)| {
-                let source = if d.table_oid == 0 || !profile.has_column_rules() {
-                    Source::Expression
+                let by_table = if d.table_oid == 0 || !profile.has_column_rules() {
+                    false
                 } else {
                     match tables
                         .as_ref()
                         .and_then(|t| t.get(&d.table_oid))
                         .and_then(|t| t.column(d.attnum).map(|c| (t, c)))
                     {
-                        Some((table, column)) => Source::Table {
-                            column: column.to_owned(),
-                            table: Arc::clone(table),
-                        },
-                        None => Source::Unknown,
+                        Some((table, column)) => {
+                            profile.masks_table_column(&table.schema, &table.name, column)
+                        }
+                        None => true,
                     }
                 };
                 Column {
+                    ruled: by_table || profile.masks_column(&d.name),
                     name: d.name,
                     type_oid: d.type_oid,
                     binary: binary.get(i).copied().unwrap_or(false),
-                    source,
                 }
             })
             .collect()
@@ -1452,25 +1441,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
 }
 
 impl<W> Session<'_, W> {
-    /// Whether a column rule masks the column whole.
-    fn ruled(&self, column: &Column) -> bool {
-        let profile = &self.resource.masking;
-        profile.masks_column(&column.name)
-            || match &column.source {
-                Source::Expression => false,
-                Source::Table { table, column } => {
-                    profile.masks_table_column(&table.schema, &table.name, column)
-                }
-                Source::Unknown => profile.has_column_rules(),
-            }
-    }
-
     /// One value's fate: `None` unchanged, `Some(None)` NULL, `Some(Some(bytes))` replaced.
     fn mask_value(&self, column: Option<&Column>, value: &[u8]) -> Option<Option<Vec<u8>>> {
         let profile = &self.resource.masking;
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
-        let ruled = column.filter(|c| self.ruled(c));
+        let ruled = column.filter(|c| c.ruled);
         match (ruled, std::str::from_utf8(value)) {
             (Some(c), Ok(text)) if textual => {
                 self.ctx.metrics.masked("column");
