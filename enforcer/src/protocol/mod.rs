@@ -4,6 +4,7 @@
 //! Until a protocol's own handler exists its resources are relayed as plain TCP
 //! ([`PassThrough`]), recorded like egress.
 
+pub mod kubernetes;
 pub mod postgres;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};

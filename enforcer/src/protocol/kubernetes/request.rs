@@ -1,0 +1,469 @@
+//! What a Kubernetes API request asks for, read from its method, path and query the way the
+//! API server's own request-info resolver reads them (verb, group, version, resource,
+//! subresource, namespace, name), so a policy decides on what the server will do.
+//!
+//! Written here because no maintained crate parses API-server request paths; the rules
+//! follow `k8s.io/apiserver/pkg/endpoints/request/requestinfo.go`. Paths the server would
+//! read differently from a plain split (percent-escapes, empty or dot segments) are refused
+//! rather than guessed at.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`,
+    /// `proxy`; for non-resource paths the lower-cased method.
+    pub verb: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// `/api/...` or `/apis/...` naming a resource.
+    Resource {
+        /// `""` for the core group.
+        group: String,
+        version: String,
+        resource: String,
+        subresource: String,
+        /// `""` for cluster-scoped requests.
+        namespace: String,
+        /// `""` for collections.
+        name: String,
+    },
+    /// Discovery, `/version`, `/healthz`, `/openapi/...` and anything else.
+    NonResource { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the path {0:?} is not in canonical form (escapes, empty or dot segments)")]
+    Path(String),
+    #[error("unable to determine kind and namespace from the path {0:?}")]
+    Incomplete(String),
+    #[error("the method {0} is not part of the Kubernetes API")]
+    Method(String),
+}
+
+/// The access level a request needs, in the terms grants use (`read` < `write` < `exec` <
+/// `admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+    Admin,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Exec => "exec",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Subresources that open a stream into a container or node.
+const CONNECT: [&str; 3] = ["exec", "attach", "portforward"];
+/// Resources whose change grants powers: identities, tokens and RBAC.
+const POWER: [&str; 6] = [
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "clusterroles",
+    "clusterrolebindings",
+    "certificatesigningrequests",
+];
+
+fn parse_bool(v: &str) -> bool {
+    // strconv.ParseBool, as the server parses `watch`.
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
+/// Reads one request. `query` is the raw query string (without `?`).
+pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<ApiRequest, RequestError> {
+    let method_verb = match method {
+        "GET" | "HEAD" => "get",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        "OPTIONS" => "options",
+        other => return Err(RequestError::Method(other.to_owned())),
+    };
+    let trimmed = path.trim_matches('/');
+    let parts: Vec<&str> = if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    };
+    if !path.starts_with('/')
+        || path.contains('%')
+        || path.contains('\\')
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.chars().any(char::is_control))
+    {
+        return Err(RequestError::Path(path.to_owned()));
+    }
+    let non_resource = || ApiRequest {
+        verb: method.to_ascii_lowercase(),
+        kind: Kind::NonResource {
+            path: path.to_owned(),
+        },
+    };
+    if parts.len() < 3 || !matches!(parts[0], "api" | "apis") {
+        return Ok(non_resource());
+    }
+    let mut rest = &parts[1..];
+    let group = if parts[0] == "apis" {
+        if rest.len() < 3 {
+            return Ok(non_resource());
+        }
+        let g = rest[0];
+        rest = &rest[1..];
+        g
+    } else {
+        ""
+    };
+    let version = rest[0];
+    rest = &rest[1..];
+    let mut verb = method_verb.to_owned();
+    if matches!(rest.first(), Some(&("proxy" | "watch"))) {
+        if rest.len() < 2 {
+            return Err(RequestError::Incomplete(path.to_owned()));
+        }
+        verb = rest[0].to_owned();
+        rest = &rest[1..];
+    }
+    let mut namespace = "";
+    if rest.first() == Some(&"namespaces")
+        && let Some(ns) = rest.get(1)
+    {
+        namespace = ns;
+        // `/namespaces/{ns}/{resource}/…`; but `status` and `finalize` are the namespace's own.
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        }
+    }
+    let resource = rest.first().copied().unwrap_or_default();
+    let mut name = rest.get(1).copied().unwrap_or_default().to_owned();
+    let subresource = if verb != "proxy" {
+        rest.get(2).copied().unwrap_or_default()
+    } else {
+        ""
+    };
+    if name.is_empty() && verb == "get" {
+        let params = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let watch = params.iter().any(|(k, v)| k == "watch" && parse_bool(v));
+        verb = if watch { "watch" } else { "list" }.to_owned();
+        // A list narrowed to one object by its name is about that object.
+        if let Some((_, selector)) = params.iter().find(|(k, _)| k == "fieldSelector") {
+            for term in selector.split(',') {
+                let term = term.trim();
+                let value = term
+                    .strip_prefix("metadata.name==")
+                    .or_else(|| term.strip_prefix("metadata.name="));
+                if let Some(v) = value {
+                    name = v.to_owned();
+                }
+            }
+        }
+    }
+    if name.is_empty() && verb == "delete" {
+        verb = "deletecollection".to_owned();
+    }
+    Ok(ApiRequest {
+        verb,
+        kind: Kind::Resource {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            resource: resource.to_owned(),
+            subresource: subresource.to_owned(),
+            namespace: namespace.to_owned(),
+            name,
+        },
+    })
+}
+
+impl ApiRequest {
+    /// The access level the request needs: reading is `read` except Secrets (their values
+    /// are credentials), changing is `write`, streams into containers are `exec`, and
+    /// anything touching identities, tokens or RBAC is `admin`.
+    pub fn access(&self) -> Access {
+        let Kind::Resource {
+            resource,
+            subresource,
+            ..
+        } = &self.kind
+        else {
+            return match self.verb.as_str() {
+                "get" | "head" | "options" => Access::Read,
+                _ => Access::Write,
+            };
+        };
+        let reading = matches!(self.verb.as_str(), "get" | "list" | "watch");
+        if CONNECT.contains(&subresource.as_str()) {
+            return Access::Exec;
+        }
+        if subresource == "token" || POWER.contains(&resource.as_str()) && !reading {
+            return Access::Admin;
+        }
+        if resource == "secrets" && reading {
+            return Access::Admin;
+        }
+        if reading || (self.verb == "create" && is_review(resource)) {
+            Access::Read
+        } else if self.verb == "proxy" || subresource == "proxy" {
+            Access::Exec
+        } else {
+            Access::Write
+        }
+    }
+}
+
+/// Access reviews are POSTs that only ask a question (`kubectl auth can-i`).
+fn is_review(resource: &str) -> bool {
+    matches!(
+        resource,
+        "selfsubjectaccessreviews"
+            | "selfsubjectrulesreviews"
+            | "selfsubjectreviews"
+            | "subjectaccessreviews"
+            | "localsubjectaccessreviews"
+            | "tokenreviews"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(req: &ApiRequest) -> (&str, &str, &str, &str, &str, &str) {
+        match &req.kind {
+            Kind::Resource {
+                group,
+                resource,
+                subresource,
+                namespace,
+                name,
+                ..
+            } => (
+                req.verb.as_str(),
+                group.as_str(),
+                resource.as_str(),
+                subresource.as_str(),
+                namespace.as_str(),
+                name.as_str(),
+            ),
+            Kind::NonResource { .. } => panic!("not a resource request: {req:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_read_as_the_api_server_reads_them() {
+        let r = |m, p, q| parse(m, p, q).expect("parses");
+        assert_eq!(
+            resource(&r("GET", "/api/v1/namespaces/default/pods", None)),
+            ("list", "", "pods", "", "default", "")
+        );
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/namespaces/default/pods",
+                Some("watch=1")
+            )),
+            ("watch", "", "pods", "", "default", "")
+        );
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/namespaces/default/secrets",
+                Some("fieldSelector=metadata.name%3Ddb-creds&watch=true")
+            )),
+            ("watch", "", "secrets", "", "default", "db-creds")
+        );
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/namespaces/default/secrets/db-creds",
+                None
+            )),
+            ("get", "", "secrets", "", "default", "db-creds")
+        );
+        assert_eq!(
+            resource(&r(
+                "DELETE",
+                "/apis/apps/v1/namespaces/prod/deployments/web",
+                None
+            )),
+            ("delete", "apps", "deployments", "", "prod", "web")
+        );
+        assert_eq!(
+            resource(&r(
+                "DELETE",
+                "/apis/apps/v1/namespaces/prod/deployments",
+                None
+            )),
+            ("deletecollection", "apps", "deployments", "", "prod", "")
+        );
+        assert_eq!(
+            resource(&r(
+                "POST",
+                "/api/v1/namespaces/default/pods/web-0/exec",
+                Some("command=ls")
+            )),
+            ("create", "", "pods", "exec", "default", "web-0")
+        );
+        assert_eq!(
+            resource(&r("GET", "/api/v1/namespaces/default", None)),
+            ("get", "", "namespaces", "", "default", "default")
+        );
+        assert_eq!(
+            resource(&r("PUT", "/api/v1/namespaces/default/finalize", None)),
+            ("update", "", "namespaces", "finalize", "default", "default")
+        );
+        assert_eq!(
+            resource(&r("GET", "/api/v1/nodes/n1/proxy/metrics", None)),
+            ("get", "", "nodes", "proxy", "", "n1")
+        );
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/proxy/namespaces/default/pods/web-0",
+                None
+            )),
+            ("proxy", "", "pods", "", "default", "web-0")
+        );
+        assert_eq!(
+            resource(&r("GET", "/api/v1/watch/namespaces/default/pods", None)),
+            ("watch", "", "pods", "", "default", "")
+        );
+        assert_eq!(
+            resource(&r(
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                None
+            )),
+            (
+                "create",
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews",
+                "",
+                "",
+                ""
+            )
+        );
+        for discovery in [
+            "/api",
+            "/apis",
+            "/api/v1",
+            "/apis/apps/v1",
+            "/version",
+            "/openapi/v3",
+            "/",
+        ] {
+            assert!(
+                matches!(r("GET", discovery, None).kind, Kind::NonResource { .. }),
+                "{discovery}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for path in [
+            "/api/v1/namespaces/default/secrets%2Fx",
+            "/api/v1//namespaces/default/pods",
+            "/api/v1/namespaces/../secrets",
+            "/api/v1/namespaces/./pods",
+            "api/v1/pods",
+        ] {
+            assert!(
+                matches!(parse("GET", path, None), Err(RequestError::Path(_))),
+                "{path}"
+            );
+        }
+        assert!(matches!(
+            parse("GET", "/api/v1/watch", None),
+            Err(RequestError::Incomplete(_))
+        ));
+        assert!(matches!(
+            parse("TRACE", "/api", None),
+            Err(RequestError::Method(_))
+        ));
+    }
+
+    #[test]
+    fn access_levels_follow_what_the_request_can_do() {
+        let access = |m, p| parse(m, p, None).expect("parses").access();
+        assert_eq!(access("GET", "/api/v1/namespaces/d/pods"), Access::Read);
+        assert_eq!(
+            access("GET", "/api/v1/namespaces/d/secrets/x"),
+            Access::Admin
+        );
+        assert_eq!(
+            access("PATCH", "/apis/apps/v1/namespaces/d/deployments/w"),
+            Access::Write
+        );
+        assert_eq!(
+            access("POST", "/api/v1/namespaces/d/pods/p/exec"),
+            Access::Exec
+        );
+        assert_eq!(
+            access("GET", "/api/v1/namespaces/d/pods/p/exec"),
+            Access::Exec
+        );
+        assert_eq!(
+            access("POST", "/api/v1/namespaces/d/serviceaccounts"),
+            Access::Admin
+        );
+        assert_eq!(
+            access("GET", "/api/v1/namespaces/d/serviceaccounts"),
+            Access::Read
+        );
+        assert_eq!(
+            access("POST", "/api/v1/namespaces/d/serviceaccounts/sa/token"),
+            Access::Admin
+        );
+        assert_eq!(
+            access(
+                "PUT",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/admin"
+            ),
+            Access::Admin
+        );
+        assert_eq!(
+            access(
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+            ),
+            Access::Read
+        );
+        assert_eq!(access("GET", "/version"), Access::Read);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_line_parses_or_is_refused(
+            method in proptest::sample::select(vec!["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "BREW"]),
+            path in "(/[a-z0-9.%-]{0,12}){0,8}/?",
+            query in proptest::option::of("[a-z=&%0-9.]{0,30}"),
+        ) {
+            if let Ok(req) = parse(method, &path, query.as_deref()) {
+                let _ = req.access();
+            }
+        }
+    }
+}
