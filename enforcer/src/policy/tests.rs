@@ -338,3 +338,69 @@ fn approvals_and_grants_sections_are_validated() {
         ]
     );
 }
+
+#[test]
+fn kubernetes_requests_are_decided_by_verb_and_what_they_touch() {
+    use crate::protocol::kubernetes::request::{Kind, parse};
+    let policy = with_cedar(
+        "@id(\"baseline-read\")\n\
+         permit (principal, action in [Enforcer::Action::\"k8s:get\", Enforcer::Action::\"k8s:list\", Enforcer::Action::\"k8s:watch\"], resource)\n\
+         when { context.access == \"read\" };\n\
+         @id(\"secrets-need-a-grant\")\n\
+         @approval(\"required\")\n\
+         permit (principal, action == Enforcer::Action::\"k8s:get\", resource)\n\
+         when { context.resource == \"secrets\" && context.grant == \"admin\" };\n\
+         @id(\"no-exec-in-prod\")\n\
+         forbid (principal, action == Enforcer::Action::\"k8s:create\", resource)\n\
+         when { context.subresource == \"exec\" && context.namespace == \"prod\" };\n",
+    )
+    .expect("valid");
+    let resource = &policy.resources[0];
+    let context = |method: &str, path: &str, grant: &str| {
+        let req = parse(method, path, None).expect("request");
+        let access = req.access().as_str();
+        let verb = format!("k8s:{}", req.verb);
+        let Kind::Resource {
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            ..
+        } = req.kind
+        else {
+            panic!("resource request")
+        };
+        (
+            verb,
+            serde_json::json!({
+                "group": group, "resource": resource, "subresource": subresource,
+                "namespace": namespace, "name": name, "path": "", "access": access, "grant": grant,
+            }),
+        )
+    };
+    let decide = |method: &str, path: &str, grant: &str| {
+        let (verb, ctx) = context(method, path, grant);
+        policy
+            .authz
+            .decide(&Principal::local(), &verb, resource, ctx)
+            .expect("decide")
+    };
+    assert!(decide("GET", "/api/v1/namespaces/default/pods", "").allowed);
+    let secret = decide("GET", "/api/v1/namespaces/default/secrets/db", "");
+    assert!(!secret.allowed);
+    assert_eq!(secret.explain(), "no policy permits it");
+    let granted = decide("GET", "/api/v1/namespaces/default/secrets/db", "admin");
+    assert!(granted.allowed && granted.approval_required);
+    assert_eq!(granted.policies, ["secrets-need-a-grant"]);
+    let exec = decide("POST", "/api/v1/namespaces/prod/pods/web-0/exec", "exec");
+    assert_eq!(exec.explain(), "forbidden by no-exec-in-prod");
+    assert!(
+        !decide(
+            "DELETE",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            ""
+        )
+        .allowed
+    );
+}
