@@ -6,6 +6,7 @@ mod client;
 mod daemon;
 mod detach;
 mod grant;
+mod kubeconfig;
 mod logging;
 
 /// Writes out buffered log lines before the process exits.
@@ -54,6 +55,7 @@ enum Command {
     Approvals(approvals::ApprovalsCommand),
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 /// Options every enforcing command shares.
@@ -125,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grant(cmd) => grant::run(cmd),
         Command::Approvals(cmd) => approvals::run(cmd),
         Command::Sessions(cmd) => sessions::run(cmd),
+        Command::Kubeconfig(args) => kubeconfig::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -116,6 +116,29 @@ pub struct Credential {
     pub username: Option<String>,
 }
 
+impl Credential {
+    /// The secret, read now from its source (never logged); `Err` says what is missing
+    /// without the value.
+    pub fn read_secret(&self, resource: &str) -> Result<String, String> {
+        match &self.source {
+            CredentialSource::Env(name) => std::env::var(name).map_err(|_| {
+                format!(
+                    "environment variable {name} (credential of {resource}) is not set for enforcer"
+                )
+            }),
+            CredentialSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| {
+                    format!(
+                        "cannot read {} (credential of {resource}): {}",
+                        path.display(),
+                        e.kind()
+                    )
+                }),
+        }
+    }
+}
+
 /// TLS toward a resource's real server: verified against `ca` (or the system's roots), for
 /// `server_name` (or the upstream address).
 #[derive(Debug, Clone)]
@@ -651,6 +674,15 @@ impl Validator {
             .upstream_tls
             .as_ref()
             .and_then(|t| self.upstream_tls(t));
+        if protocol == Some(Protocol::Kubernetes) && spec.upstream_tls.is_none() {
+            self.error(
+                spec.name.referenced,
+                format!(
+                    "resource {:?} (kubernetes) needs `upstream_tls: {{ca: FILE}}`: enforcer talks to API servers over verified TLS",
+                    spec.name.value
+                ),
+            );
+        }
         if let (true, Some(protocol)) = (name_ok, protocol) {
             self.policy.resources.push(Resource {
                 masking,

@@ -4,6 +4,7 @@
 //! Until a protocol's own handler exists its resources are relayed as plain TCP
 //! ([`PassThrough`]), recorded like egress.
 
+pub mod decision;
 pub mod kubernetes;
 pub mod postgres;
 
@@ -73,6 +74,7 @@ impl ProtocolHandler for PassThrough {
 pub fn handler_for(protocol: Protocol) -> &'static dyn ProtocolHandler {
     match protocol {
         Protocol::Postgres => &postgres::Postgres,
-        Protocol::Mysql | Protocol::Kubernetes | Protocol::Ssh | Protocol::Http => &PassThrough,
+        Protocol::Kubernetes => &kubernetes::Kubernetes,
+        Protocol::Mysql | Protocol::Ssh | Protocol::Http => &PassThrough,
     }
 }

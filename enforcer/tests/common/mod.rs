@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod kube;
 pub mod postgres;
 
 pub const ENFORCER: &str = env!("CARGO_BIN_EXE_enforcer");

@@ -22,7 +22,7 @@ use super::{
     frame::{FrameReader, decode},
 };
 use crate::{
-    policy::{CredentialSource, Resource, UpstreamTls},
+    policy::{Resource, UpstreamTls},
     proxy::connect_upstream,
     tls::MaybeTls,
 };
@@ -122,25 +122,9 @@ impl Secret {
                 resource.name
             )));
         };
-        let password = match &cred.source {
-            CredentialSource::Env(name) => std::env::var(name).map_err(|_| {
-                PgError::Credential(format!(
-                    "environment variable {name} (credential of {}) is not set for enforcer",
-                    resource.name
-                ))
-            })?,
-            CredentialSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    PgError::Credential(format!(
-                        "cannot read {} (credential of {}): {}",
-                        path.display(),
-                        resource.name,
-                        e.kind()
-                    ))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        };
+        let password = cred
+            .read_secret(&resource.name)
+            .map_err(PgError::Credential)?;
         Ok(Secret {
             user: cred
                 .username

@@ -1,0 +1,64 @@
+//! `enforcer kubeconfig`: what a workload's kubectl needs to reach a Kubernetes resource
+//! through enforcer — the API server's address and enforcer's CA — and no credential:
+//! enforcer injects the real one.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use clap::Args;
+use enforcer::policy::{Policy, Protocol};
+
+/// Print a kubeconfig for a Kubernetes resource of the policy: its API server address,
+/// enforcer's CA (from the state directory, created if needed) as the cluster's certificate
+/// authority, and a user without credentials. Give it to the workload (KUBECONFIG); its
+/// requests are then decided by the policy and sent with the credential the policy names.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Policy directory.
+    #[arg(long, value_name = "DIR")]
+    policy: PathBuf,
+    /// The kubernetes resource of the policy.
+    #[arg(long, value_name = "NAME")]
+    resource: String,
+    /// enforcer's state directory (where its CA is).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/enforcer")]
+    state: PathBuf,
+}
+
+pub fn run(args: KubeconfigArgs) -> Result<()> {
+    let policy = Policy::load_dir(&args.policy)?;
+    let Some(resource) = policy.resources.iter().find(|r| r.name == args.resource) else {
+        bail!(
+            "the policy has no resource {:?} (its resources: {})",
+            args.resource,
+            policy
+                .resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    if resource.protocol != Protocol::Kubernetes {
+        bail!(
+            "resource {:?} speaks {}, not kubernetes",
+            resource.name,
+            resource.protocol.as_str()
+        );
+    }
+    let Some(addr) = resource.addresses.first() else {
+        bail!("resource {:?} has no address", resource.name);
+    };
+    std::fs::create_dir_all(&args.state)
+        .with_context(|| format!("creating {}", args.state.display()))?;
+    let authority = enforcer::tls::Authority::load_or_create(&args.state)?;
+    let ca = std::fs::read(authority.ca_path())
+        .with_context(|| format!("reading {}", authority.ca_path().display()))?;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    let name = &resource.name;
+    print!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\nusers:\n- name: enforcer\n  user: {{}}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: enforcer\ncurrent-context: {name}\n"
+    );
+    Ok(())
+}

@@ -1,0 +1,693 @@
+//! One workload connection to a Kubernetes API server. enforcer terminates TLS with a
+//! certificate of its CA for the name (SNI) or address the client dialled, reads each
+//! HTTP/1.1 request the way the API server will ([`super::request`]), decides it with the
+//! Cedar policies and the workload's grants, and forwards what is allowed over its own
+//! verified TLS connection with the injected credential — the workload's `Authorization`
+//! header never leaves enforcer. What comes back from `secrets` is redacted.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    header::{self, HeaderMap, HeaderValue},
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Mutex};
+
+use super::{
+    K8sError, redact,
+    request::{ApiRequest, Kind, RequestError, parse},
+    status,
+};
+use crate::{
+    policy::Resource,
+    protocol::{HandlerContext, decision},
+    proxy::{Connection, connect_upstream},
+    record::{Event, StatementDecided, StatementDone},
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response body enforcer reads whole to redact (a list of Secrets).
+const MAX_REDACTED_BODY: usize = 64 << 20;
+/// Request text kept in records.
+const RECORDED_TEXT: usize = 2000;
+
+/// Headers that belong to one hop, or that enforcer sets itself.
+const NOT_FORWARDED: [&str; 9] = [
+    "authorization",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+pub async fn run(
+    ctx: &HandlerContext<'_>,
+    conn: &Connection,
+    client: &mut TcpStream,
+    resource: &Resource,
+) -> Result<(), K8sError> {
+    let authority = ctx.shared.tls.as_deref().ok_or(K8sError::NoAuthority)?;
+    let handshake = async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client)
+                .await?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        let config = authority
+            .server_config(sni.as_deref(), conn.orig_dst.ip(), &[b"http/1.1"])
+            .map_err(std::io::Error::other)?;
+        start.into_stream(config).await
+    };
+    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| K8sError::Tls("the client's TLS handshake timed out".into()))?
+        .map_err(|e| K8sError::Tls(format!("TLS handshake with the client: {e}")))?;
+
+    let token = resource
+        .credential
+        .as_ref()
+        .ok_or_else(|| K8sError::Credential(format!("{} has no credential", resource.name)))?
+        .read_secret(&resource.name)
+        .map_err(K8sError::Credential)?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| K8sError::Credential("the token is not a valid header value".into()))?;
+    let addr = resource.upstream.unwrap_or(conn.orig_dst);
+    let upstream = Upstream::connect(resource, addr).await?;
+    let session = Session {
+        ctx,
+        conn,
+        resource,
+        upstream: Mutex::new(upstream),
+        bearer,
+    };
+    let service = hyper::service::service_fn(|req| session.handle(req));
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(256 << 10)
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| K8sError::Http(e.to_string()))
+}
+
+/// The connection to the real API server, opened once per workload connection.
+struct Upstream {
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    authority: HeaderValue,
+    _driver: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Upstream {
+    async fn connect(
+        resource: &Resource,
+        addr: std::net::SocketAddr,
+    ) -> Result<Upstream, K8sError> {
+        let tls = resource.upstream_tls.as_ref().ok_or_else(|| {
+            K8sError::Upstream(format!(
+                "{} has no upstream_tls: enforcer speaks to API servers over verified TLS",
+                resource.name
+            ))
+        })?;
+        let tcp = connect_upstream(addr)
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        let name = crate::tls::server_name(tls.server_name.as_deref(), addr.ip())
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+        let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| K8sError::Upstream(format!("TLS handshake with {addr} timed out")))?
+            .map_err(|e| K8sError::Upstream(format!("TLS with {addr}: {e}")))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream API connection ended");
+            }
+        });
+        let authority = HeaderValue::from_str(
+            &tls.server_name
+                .clone()
+                .map_or_else(|| addr.to_string(), |n| format!("{n}:{}", addr.port())),
+        )
+        .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        Ok(Upstream {
+            sender,
+            authority,
+            _driver: AbortOnDrop(driver),
+        })
+    }
+}
+
+struct Session<'a> {
+    ctx: &'a HandlerContext<'a>,
+    conn: &'a Connection,
+    resource: &'a Resource,
+    upstream: Mutex<Upstream>,
+    bearer: HeaderValue,
+}
+
+fn full(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn failure(code: StatusCode, reason: &str, message: String) -> Response<Body> {
+    full(
+        code,
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+        }),
+    )
+}
+
+/// The verb as a Cedar action: resource verbs as they are, non-resource methods mapped onto
+/// the same verbs.
+fn action(request: &ApiRequest) -> String {
+    let verb = match request.verb.as_str() {
+        "head" | "options" => "get",
+        "post" => "create",
+        "put" => "update",
+        v => v,
+    };
+    format!("k8s:{verb}")
+}
+
+impl Session<'_> {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().as_str().to_owned();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let text = format!("{method} {}", truncate(&target, RECORDED_TEXT));
+        let parsed = parse(&method, req.uri().path(), req.uri().query());
+        let request = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let code = match e {
+                    RequestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                let _ = self
+                    .record(
+                        "k8s:unknown",
+                        &text,
+                        "deny",
+                        Vec::new(),
+                        None,
+                        None,
+                        Some(e.to_string()),
+                    )
+                    .await;
+                return Ok(failure(code, "BadRequest", format!("enforcer: {e}")));
+            }
+        };
+        let action = action(&request);
+        match self.decide(&request, &action, &text).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Ok(full(
+                    StatusCode::FORBIDDEN,
+                    status::forbidden(&request, &message),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kubernetes request not decided");
+                return Ok(failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "enforcer: the request could not be decided or recorded".into(),
+                ));
+            }
+        }
+        if is_upgrade(req.headers()) {
+            // Streams into containers (exec, attach, portforward) are not relayed yet.
+            let message = "enforcer does not relay exec, attach or port-forward streams yet";
+            let _ = self
+                .record(
+                    &action,
+                    &text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(message.into()),
+                )
+                .await;
+            return Ok(full(
+                StatusCode::FORBIDDEN,
+                status::forbidden(&request, message),
+            ));
+        }
+        let redacting = touches_secrets(&request);
+        let watch = request.verb == "watch";
+        let response = match self.forward(req, redacting).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.done(&text, 502, started, Some(e.to_string())).await;
+                return Ok(failure(
+                    StatusCode::BAD_GATEWAY,
+                    "ServiceUnavailable",
+                    format!(
+                        "enforcer: the API server of {} did not answer: {e}",
+                        self.resource.name
+                    ),
+                ));
+            }
+        };
+        let code = response.status().as_u16();
+        let response = if !redacting {
+            response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+        } else if watch {
+            redact_stream(response)
+        } else {
+            match redact_whole(response).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.done(&text, 502, started, Some(e.clone())).await;
+                    return Ok(failure(
+                        StatusCode::BAD_GATEWAY,
+                        "InternalError",
+                        format!(
+                            "enforcer: the answer could not be redacted, so it is withheld: {e}"
+                        ),
+                    ));
+                }
+            }
+        };
+        self.done(&text, code, started, None).await;
+        Ok(response)
+    }
+
+    /// `Ok(Ok(()))` to forward; `Ok(Err(message))` to refuse with 403.
+    async fn decide(
+        &self,
+        request: &ApiRequest,
+        action: &str,
+        text: &str,
+    ) -> Result<Result<(), String>, K8sError> {
+        let access = request.access();
+        let (group, resource, subresource, namespace, name, path) = match &request.kind {
+            Kind::Resource {
+                group,
+                resource,
+                subresource,
+                namespace,
+                name,
+                ..
+            } => (
+                group.as_str(),
+                resource.as_str(),
+                subresource.as_str(),
+                namespace.as_str(),
+                name.as_str(),
+                "",
+            ),
+            Kind::NonResource { path } => ("", "", "", "", "", path.as_str()),
+        };
+        let context = |grant: &str| {
+            serde_json::json!({
+                "group": group, "resource": resource, "subresource": subresource,
+                "namespace": namespace, "name": name, "path": path,
+                "access": access.as_str(), "grant": grant,
+            })
+        };
+        let outcome = decision::decide(
+            self.ctx,
+            self.resource,
+            action,
+            access.as_str(),
+            context,
+            true,
+        )
+        .await
+        .map_err(|e| K8sError::Decision(e.to_string()))?;
+        if !outcome.allowed {
+            let hint = if outcome.grantable {
+                format!(
+                    "; ask for a grant: enforcer grant request --resource {} --access {access} --reason …",
+                    self.resource.name
+                )
+            } else {
+                String::new()
+            };
+            let message = format!(
+                "enforcer: {action} ({access}) on {} denied: {}{hint}",
+                self.resource.name, outcome.why
+            );
+            self.record(
+                action,
+                text,
+                "deny",
+                outcome.policies,
+                None,
+                None,
+                Some(outcome.why),
+            )
+            .await?;
+            return Ok(Err(message));
+        }
+        let mut approval = None;
+        if outcome.approval_required {
+            let row = decision::hold(
+                self.ctx,
+                self.resource,
+                self.conn.id,
+                format!("{action} on {}: {text}", self.resource.name),
+            )
+            .await
+            .map_err(|e| K8sError::Decision(e.to_string()))?;
+            match decision::wait(self.ctx, &row.id)
+                .await
+                .map_err(|e| K8sError::Decision(e.to_string()))?
+            {
+                Ok(()) => approval = Some(row.id),
+                Err(why) => {
+                    let message = format!(
+                        "enforcer: {action} on {} denied: {why} (approval {})",
+                        self.resource.name, row.id
+                    );
+                    self.record(
+                        action,
+                        text,
+                        "deny",
+                        outcome.policies,
+                        outcome.grant,
+                        Some(row.id),
+                        Some(why),
+                    )
+                    .await?;
+                    return Ok(Err(message));
+                }
+            }
+        }
+        self.record(
+            action,
+            text,
+            "allow",
+            outcome.policies,
+            outcome.grant,
+            approval,
+            None,
+        )
+        .await?;
+        Ok(Ok(()))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        redacting: bool,
+    ) -> Result<Response<Incoming>, K8sError> {
+        let (parts, body) = req.into_parts();
+        let mut upstream = self.upstream.lock().await;
+        let mut builder = Request::builder().method(parts.method).uri(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        );
+        let headers = builder
+            .headers_mut()
+            .ok_or_else(|| K8sError::Http("request builder".into()))?;
+        for (name, value) in &parts.headers {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                headers.append(name, value.clone());
+            }
+        }
+        headers.insert(header::HOST, upstream.authority.clone());
+        headers.insert(header::AUTHORIZATION, self.bearer.clone());
+        if redacting {
+            // What enforcer must read: JSON, uncompressed (Table or plain, as asked).
+            let accept = parts
+                .headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(|a| {
+                    a.split(',')
+                        .filter(|t| !t.contains("protobuf"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|a| !a.trim().is_empty())
+                .unwrap_or_else(|| "application/json".into());
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_str(&accept)
+                    .unwrap_or_else(|_| HeaderValue::from_static("application/json")),
+            );
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+        let request = builder
+            .body(body)
+            .map_err(|e| K8sError::Http(e.to_string()))?;
+        upstream
+            .sender
+            .ready()
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        upstream
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        action: &str,
+        text: &str,
+        decision: &str,
+        policies: Vec<String>,
+        grant: Option<String>,
+        approval: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), K8sError> {
+        self.ctx
+            .metrics
+            .statements
+            .get_or_create(&crate::metrics::StatementLabels {
+                resource: self.resource.name.clone(),
+                action: action.to_owned(),
+                decision: decision.to_owned(),
+            })
+            .inc();
+        self.ctx
+            .recorder
+            .record_written(Event::Statement(StatementDecided {
+                connection: self.conn.id,
+                workload: self.ctx.workload.to_owned(),
+                principal: self.ctx.principal.name.clone(),
+                resource: self.resource.name.clone(),
+                action: action.to_owned(),
+                tables: Vec::new(),
+                statement: text.to_owned(),
+                decision: decision.to_owned(),
+                policies,
+                grant,
+                approval,
+                reason,
+            }))
+            .await
+            .map_err(|_| K8sError::Recorder)
+    }
+
+    async fn done(&self, _text: &str, code: u16, started: Instant, error: Option<String>) {
+        let duration = started.elapsed();
+        self.ctx
+            .metrics
+            .upstream_seconds
+            .get_or_create(&crate::metrics::ResourceLabels {
+                resource: self.resource.name.clone(),
+            })
+            .observe(duration.as_secs_f64());
+        let _ = self
+            .ctx
+            .recorder
+            .record(Event::StatementDone(StatementDone {
+                connection: self.conn.id,
+                resource: self.resource.name.clone(),
+                tag: format!("HTTP {code}"),
+                rows_returned: 0,
+                rows_affected: None,
+                duration_us: duration.as_micros() as u64,
+                error,
+            }))
+            .await;
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        || headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        })
+}
+
+/// Whether the answer may carry Secret values.
+fn touches_secrets(request: &ApiRequest) -> bool {
+    match &request.kind {
+        Kind::Resource { resource, .. } => resource == "secrets",
+        Kind::NonResource { .. } => false,
+    }
+}
+
+/// A whole JSON answer, redacted. Anything that is not JSON cannot be checked, so it is not
+/// passed on.
+async fn redact_whole(response: Response<Incoming>) -> Result<Response<Body>, String> {
+    let (mut parts, body) = response.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_REDACTED_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return Err("the API server did not answer in JSON".into());
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    redact::redact(&mut value);
+    let out = Bytes::from(value.to_string());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from_str(&out.len().to_string()).unwrap_or(HeaderValue::from_static("0")),
+    );
+    Ok(Response::from_parts(
+        parts,
+        Full::new(out)
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed(),
+    ))
+}
+
+/// A watch stream, redacted event by event as the events arrive (one JSON object per line).
+fn redact_stream(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, mut body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(16);
+    tokio::spawn(async move {
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    return;
+                }
+            };
+            pending.extend_from_slice(&data);
+            if pending.len() > MAX_REDACTED_BODY {
+                let _ = tx.send(Err("watch event too large to redact".into())).await;
+                return;
+            }
+            let mut out = Vec::new();
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                match redact_line(&line) {
+                    Some(l) => out.extend_from_slice(&l),
+                    None => {
+                        let _ = tx
+                            .send(Err("a watch event could not be redacted".into()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                return;
+            }
+        }
+        if !pending.is_empty()
+            && let Some(l) = redact_line(&pending)
+        {
+            let _ = tx.send(Ok(Bytes::from(l))).await;
+        }
+    });
+    Response::from_parts(parts, BoxBody::new(ChannelBody(rx)))
+}
+
+fn redact_line(line: &[u8]) -> Option<Vec<u8>> {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Some(line.to_vec());
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(text).ok()?;
+    redact::redact(&mut value);
+    let mut out = value.to_string().into_bytes();
+    out.push(b'\n');
+    Some(out)
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

@@ -1,0 +1,277 @@
+//! A Kubernetes API-server double: real TLS (a CA of its own), real HTTP/1.1, and the API
+//! shapes kubectl reads — legacy discovery, Tables, lists and objects of pods, secrets and
+//! deployments, watch streams, `Status` answers. It records every request it receives
+//! (method, path, Authorization header) so tests can check what reached "the cluster".
+
+use std::{
+    convert::Infallible,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+pub struct ApiServer {
+    pub port: u16,
+    /// The CA its certificate chains to (for the policy's `upstream_tls`).
+    pub ca: PathBuf,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _dir: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub const SECRET_VALUE: &str = "c3VwZXItc2VjcmV0LXBhc3N3b3Jk"; // "super-secret-password"
+
+fn tls_config(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test cluster CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().expect("ip"))];
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let ca_path = dir.join("cluster-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).expect("write ca");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    (Arc::new(config), ca_path)
+}
+
+impl ApiServer {
+    pub fn start() -> ApiServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, ca) = tls_config(dir.path());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        runtime.spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let log = Arc::clone(&log);
+                        async move { Ok::<_, Infallible>(answer(req, &log)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        ApiServer {
+            port,
+            ca,
+            seen,
+            _dir: dir,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn resource_list(group_version: &str, resources: &[(&str, &str, bool)]) -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources.iter().map(|(name, kind, namespaced)| json!({
+            "name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn secret(name: &str) -> Value {
+    let applied = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"password": SECRET_VALUE}})
+    .to_string();
+    json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied}},
+        "type": "Opaque",
+        "data": {"password": SECRET_VALUE, "username": "YXBw"},
+    })
+}
+
+fn pod(name: &str) -> Value {
+    json!({"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": "Running"}})
+}
+
+fn table(objects: &[Value]) -> Value {
+    json!({
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "7"},
+        "columnDefinitions": [
+            {"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0},
+        ],
+        "rows": objects.iter().map(|o| json!({
+            "cells": [o["metadata"]["name"]],
+            "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": o["metadata"]},
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().as_str().to_owned();
+    log.lock().expect("log").push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        authorization: req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    });
+    let wants_table = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
+    let list = |kind: &str, items: Vec<Value>| {
+        if wants_table {
+            table(&items)
+        } else {
+            json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": items})
+        }
+    };
+    let ok = StatusCode::OK;
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/version") => json_response(
+            ok,
+            json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}),
+        ),
+        ("GET", "/api") => json_response(
+            ok,
+            json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        ("GET", "/apis") => json_response(
+            ok,
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+                "name": "apps",
+                "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
+            }]}),
+        ),
+        ("GET", "/api/v1") => json_response(
+            ok,
+            resource_list(
+                "v1",
+                &[
+                    ("pods", "Pod", true),
+                    ("secrets", "Secret", true),
+                    ("serviceaccounts", "ServiceAccount", true),
+                    ("namespaces", "Namespace", false),
+                ],
+            ),
+        ),
+        ("GET", "/apis/apps/v1") => json_response(
+            ok,
+            resource_list("apps/v1", &[("deployments", "Deployment", true)]),
+        ),
+        ("GET", "/api/v1/namespaces/default/pods") => {
+            json_response(ok, list("PodList", vec![pod("web-0"), pod("web-1")]))
+        }
+        ("GET", "/api/v1/namespaces/default/secrets") if query.contains("watch=") => {
+            // Two events, one per line, then the stream ends.
+            let events = format!(
+                "{}\n{}\n",
+                json!({"type": "ADDED", "object": secret("db-creds")}),
+                json!({"type": "MODIFIED", "object": secret("db-creds")})
+            );
+            let mut r = Response::new(Full::new(Bytes::from(events)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        ("GET", "/api/v1/namespaces/default/secrets") => {
+            json_response(ok, list("SecretList", vec![secret("db-creds")]))
+        }
+        ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
+            json_response(ok, secret("db-creds"))
+        }
+        ("DELETE", p) if p.starts_with("/apis/apps/v1/namespaces/default/deployments/") => {
+            json_response(
+                ok,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success",
+                    "details": {"name": "web", "group": "apps", "kind": "deployments"}}),
+            )
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("the server could not find the requested resource ({method} {path})"),
+                "reason": "NotFound", "code": 404}),
+        ),
+    }
+}
