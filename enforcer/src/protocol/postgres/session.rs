@@ -44,9 +44,8 @@ use super::{
     upstream::{self, CancelTarget, MAX_BACKEND, Secret},
 };
 use crate::{
-    approval::{ApprovalKind, NewApproval, new_id},
     policy::Resource,
-    protocol::HandlerContext,
+    protocol::{HandlerContext, decision},
     proxy::{Connection, RelayStats},
     record::{Event, StatementDecided, StatementDone},
     tls::MaybeTls,
@@ -847,7 +846,6 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     ) -> Result<Verdict, PgError> {
         let class = stmt.class.as_str();
         let action = format!("sql:{class}");
-        let authz = &self.ctx.policy.authz;
         let context = |grant: &str| {
             serde_json::json!({
                 "tables": stmt.tables.iter().collect::<Vec<_>>(),
@@ -855,46 +853,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 "grant": grant,
             })
         };
-        let first = authz
-            .decide_trusted(&self.ctx.principal, &action, self.resource, context(""))
+        let outcome = decision::decide(self.ctx, self.resource, &action, class, context, consume)
+            .await
             .map_err(|e| PgError::Upstream(e.to_string()))?;
-        let mut decision = first.clone();
-        let mut grant = None;
-        let mut grant_based = false;
-        // Not permitted at baseline and not forbidden: a grant for this class may allow it.
-        if !first.allowed
-            && first.policies.is_empty()
-            && first.errors.is_empty()
-            && let Some(grants) = self.ctx.grants
-            && grants.has_active(self.ctx.workload, &self.resource.name, class)
-        {
-            let second = authz
-                .decide_trusted(&self.ctx.principal, &action, self.resource, context(class))
-                .map_err(|e| PgError::Upstream(e.to_string()))?;
-            if second.allowed {
-                if consume {
-                    let used = grants
-                        .authorize(self.ctx.workload, &self.resource.name, class)
-                        .await
-                        .map_err(|e| PgError::Upstream(e.to_string()))?;
-                    grant = used.map(|u| u.grant);
-                    grant_based = grant.is_some();
-                    if grant.is_some() {
-                        decision = second;
-                    }
-                } else {
-                    grant_based = true;
-                    decision = second;
-                }
-            }
-        }
-        if !decision.allowed {
-            let why = decision.explain();
+        if !outcome.allowed {
             let because = stmt
                 .because
                 .as_ref()
                 .map_or(String::new(), |b| format!(" (it {b})"));
-            let hint = if decision.policies.is_empty() && decision.errors.is_empty() {
+            let hint = if outcome.grantable {
                 format!(
                     "; ask for a grant: enforcer grant request --resource {} --access {class} --reason …",
                     self.resource.name
@@ -903,23 +870,23 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 String::new()
             };
             let message = format!(
-                "enforcer: sql:{class}{because} on {} denied: {why}{hint}",
-                self.resource.name
+                "enforcer: sql:{class}{because} on {} denied: {}{hint}",
+                self.resource.name, outcome.why
             );
             self.record(
                 stmt,
                 "deny",
-                decision.policies.clone(),
+                outcome.policies.clone(),
                 None,
                 None,
-                Some(why),
+                Some(outcome.why),
             )
             .await?;
             return Ok(Verdict::Deny(message));
         }
         let mut approval_id = None;
-        if decision.approval_required {
-            match self.hold(stmt, &action, &decision.policies).await? {
+        if outcome.approval_required {
+            match self.hold(stmt, &action, &outcome.policies).await? {
                 Ok(id) => approval_id = Some(id),
                 Err((id, why)) => {
                     let message = format!(
@@ -929,8 +896,8 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     self.record(
                         stmt,
                         "deny",
-                        decision.policies.clone(),
-                        grant,
+                        outcome.policies.clone(),
+                        outcome.grant,
                         Some(id),
                         Some(why),
                     )
@@ -943,16 +910,16 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             self.record(
                 stmt,
                 "allow",
-                decision.policies.clone(),
-                grant.clone(),
+                outcome.policies.clone(),
+                outcome.grant.clone(),
                 approval_id,
                 None,
             )
             .await?;
         }
         Ok(Verdict::Allow {
-            grant_based,
-            policies: decision.policies,
+            grant_based: outcome.grant_based,
+            policies: outcome.policies,
         })
     }
 
@@ -964,29 +931,21 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         action: &str,
         policies: &[String],
     ) -> Result<Result<String, (String, String)>, PgError> {
-        let Some(grants) = self.ctx.grants else {
-            return Ok(Err((
-                String::new(),
-                "it needs an approval and approvals are not available".into(),
-            )));
+        let row = match decision::hold(
+            self.ctx,
+            self.resource,
+            self.conn.id,
+            format!(
+                "{action} on {}: {}",
+                self.resource.name,
+                truncate(&stmt.text, 300)
+            ),
+        )
+        .await
+        {
+            Ok(row) => row,
+            Err(e) => return Ok(Err((String::new(), e.to_string()))),
         };
-        let approvals = grants.approvals();
-        let row = approvals
-            .open(NewApproval {
-                id: new_id("a"),
-                kind: ApprovalKind::Operation,
-                subject: format!("connection {}", self.conn.id),
-                summary: format!(
-                    "{action} on {}: {}",
-                    self.resource.name,
-                    truncate(&stmt.text, 300)
-                ),
-                workload: self.ctx.workload.to_owned(),
-                principal: self.ctx.principal.name.clone(),
-                resource: self.resource.name.clone(),
-            })
-            .await
-            .map_err(|e| PgError::Upstream(e.to_string()))?;
         let mut notice = BytesMut::new();
         let held: NoticeResponse = ErrorInfo::new(
             "NOTICE".into(),
@@ -1002,29 +961,15 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         .into();
         held.encode(&mut notice)?;
         self.writer.lock().await.write_all(&notice).await?;
-        let held_since = std::time::Instant::now();
-        let decided = approvals
-            .wait(&row.id, approvals.timeout() + Duration::from_secs(2))
-            .await
-            .map_err(|e| PgError::Upstream(e.to_string()))?;
-        self.ctx
-            .metrics
-            .hold_seconds
-            .observe(held_since.elapsed().as_secs_f64());
-        Ok(match decided.status.as_str() {
-            "approved" => Ok(row.id),
-            "denied" => Err((
-                row.id,
-                format!(
-                    "an operator denied it{}",
-                    decided.reason.map_or(String::new(), |r| format!(": {r}"))
-                ),
-            )),
-            _ => Err((
-                row.id,
-                "no operator approved it before the approval timeout".into(),
-            )),
-        })
+        Ok(
+            match decision::wait(self.ctx, &row.id)
+                .await
+                .map_err(|e| PgError::Upstream(e.to_string()))?
+            {
+                Ok(()) => Ok(row.id),
+                Err(why) => Err((row.id, why)),
+            },
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
