@@ -16,6 +16,11 @@ const CEDAR: &str = r#"
 permit (principal, action in [Enforcer::Action::"k8s:get", Enforcer::Action::"k8s:list", Enforcer::Action::"k8s:watch"], resource)
 when { context.access == "read" };
 
+@id("service-accounts-need-approval")
+@approval("required")
+permit (principal, action == Enforcer::Action::"k8s:create", resource)
+when { context.resource == "serviceaccounts" && context.namespace == "default" };
+
 @id("default-secrets-readable-redacted")
 permit (principal, action in [Enforcer::Action::"k8s:get", Enforcer::Action::"k8s:list", Enforcer::Action::"k8s:watch"], resource)
 when { context.resource == "secrets" && context.namespace == "default" };
@@ -139,8 +144,136 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     let exec = kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]);
     assert!(!exec.status.success(), "{}", describe(&exec));
 
+    // Creating a ServiceAccount is held for an operator: approved, it reaches the cluster;
+    // denied, kubectl prints the operator's reason.
+    let spawn_create = |name: &str| {
+        let mut cmd = cg.command(
+            "/usr/bin/kubectl",
+            &[
+                "--kubeconfig",
+                config.to_str().expect("utf-8"),
+                "--cache-dir",
+                cache.to_str().expect("utf-8"),
+                "create",
+                "serviceaccount",
+                name,
+                "-n",
+                "default",
+            ],
+        );
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("kubectl")
+    };
+    let held = spawn_create("ci-bot");
+    let approval = pending_approval(&admin, &env.state);
+    assert_eq!(approval["kind"], "operation");
+    assert!(
+        approval["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("k8s:create") && s.contains("serviceaccounts")),
+        "{approval}"
+    );
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let ok = operator(&admin, &env.state, &["approvals", "approve", &id]);
+    assert!(ok.status.success(), "{}", describe(&ok));
+    let created = held.wait_with_output().expect("kubectl");
+    assert!(created.status.success(), "{}", describe(&created));
+    assert!(
+        stdout(&created).contains("serviceaccount/ci-bot created"),
+        "{}",
+        describe(&created)
+    );
+    let held = spawn_create("other-bot");
+    let approval = pending_approval(&admin, &env.state);
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let no = operator(
+        &admin,
+        &env.state,
+        &["approvals", "deny", &id, "--reason", "use the shared bot"],
+    );
+    assert!(no.status.success(), "{}", describe(&no));
+    let refused = held.wait_with_output().expect("kubectl");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("serviceaccounts is forbidden: enforcer: k8s:create on cluster denied: an operator denied it: use the shared bot"),
+        "{}",
+        describe(&refused)
+    );
+
+    // Requests the API server would read differently, or whose headers never end, are refused
+    // before anything is decided.
+    let ca = env.state.join("ca.pem").display().to_string();
+    let curl = |extra: &[&str]| -> String {
+        let url_base = format!("https://127.0.0.1:{}", api.port);
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let mut owned: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if let Some(last) = owned.last_mut()
+            && last.starts_with('/')
+        {
+            *last = format!("{url_base}{last}");
+        }
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        stdout(&output_within(cg.command("curl", &refs), T))
+    };
+    assert_eq!(
+        curl(&["/api/v1/namespaces/default/secrets%2Fdb-creds"]),
+        "400"
+    );
+    assert_eq!(
+        curl(&[
+            "--path-as-is",
+            "/api/v1/namespaces/default/../kube-system/secrets"
+        ]),
+        "400"
+    );
+    // A header section larger than enforcer reads (64 KiB): 431, and nothing forwarded.
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(cafile='{ca}')\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='127.0.0.1')\n\
+         try:\n\
+         \x20   s.sendall(b'GET /api/v1/namespaces/default/pods HTTP/1.1\\r\\nHost: x\\r\\nX-Filler: ' + b'a' * 200000 + b'\\r\\n\\r\\n')\n\
+         \x20   data = s.recv(100)\n\
+         \x20   print(data.split(b' ')[1].decode() if data else 'closed')\n\
+         except OSError:\n\
+         \x20   print('reset')\n",
+        port = api.port
+    );
+    let before = api.seen().len();
+    let big = output_within(cg.command("python3", &["-c", &script]), T);
+    // 431 when the answer arrives before the connection is torn down; a reset otherwise (the
+    // client was still sending). Never an answer from the cluster.
+    assert!(
+        ["431", "reset", "closed"].contains(&stdout(&big).trim()),
+        "{}",
+        describe(&big)
+    );
+    assert_eq!(
+        api.seen().len(),
+        before,
+        "the oversized request was not forwarded"
+    );
+
     let seen = api.seen();
     assert!(!seen.is_empty());
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.method == "POST" && s.path.ends_with("/serviceaccounts"))
+            .count(),
+        1,
+        "only the approved ServiceAccount reached the cluster: {seen:?}"
+    );
     assert!(
         seen.iter()
             .all(|s| s.authorization.as_deref() == Some("Bearer real-cluster-token")),

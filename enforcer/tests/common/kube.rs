@@ -260,6 +260,12 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
             json_response(ok, secret("db-creds"))
         }
+        ("POST", "/api/v1/namespaces/default/serviceaccounts") => json_response(
+            StatusCode::CREATED,
+            json!({"kind": "ServiceAccount", "apiVersion": "v1",
+                "metadata": {"name": "ci-bot", "namespace": "default", "uid": "6a1f",
+                    "creationTimestamp": "2026-01-01T00:00:00Z"}}),
+        ),
         ("DELETE", p) if p.starts_with("/apis/apps/v1/namespaces/default/deployments/") => {
             json_response(
                 ok,

@@ -99,7 +99,7 @@ pub async fn run(
     hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(256 << 10)
+        .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(tls), service)
         .await
         .map_err(|e| K8sError::Http(e.to_string()))
