@@ -265,6 +265,30 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         "the oversized request was not forwarded"
     );
 
+    // The kube crate, through the same kubeconfig: the same decisions and redaction.
+    let client = std::path::Path::new(ENFORCER)
+        .parent()
+        .expect("target dir")
+        .join("examples/kube_client");
+    let tool = env.path().join("kube_client");
+    std::fs::copy(&client, &tool).expect("copy kube_client (cargo build --example kube_client)");
+    let out = output_within(
+        cg.command(
+            tool.to_str().expect("utf-8"),
+            &[config.to_str().expect("utf-8")],
+        ),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let steps: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(steps[0]["names"], serde_json::json!(["web-0", "web-1"]));
+    assert_eq!(steps[1]["data"]["password"], "[redacted by enforcer]");
+    assert_eq!(steps[2]["code"], 403, "{steps:?}");
+    assert_eq!(steps[2]["reason"], "Forbidden", "{steps:?}");
+
     let seen = api.seen();
     assert!(!seen.is_empty());
     assert_eq!(
