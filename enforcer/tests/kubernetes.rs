@@ -144,6 +144,28 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     let exec = kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]);
     assert!(!exec.status.success(), "{}", describe(&exec));
 
+    // `kubectl auth can-i` is answered by enforcer from its own policy, not by the cluster
+    // for the injected credential.
+    let can = kubectl(&["auth", "can-i", "list", "pods", "-n", "default"]);
+    assert!(can.status.success(), "{}", describe(&can));
+    assert_eq!(stdout(&can).trim(), "yes");
+    let cannot = kubectl(&["auth", "can-i", "delete", "deployments", "-n", "default"]);
+    assert!(!cannot.status.success(), "{}", describe(&cannot));
+    assert!(
+        stdout(&cannot).starts_with("no - enforcer: k8s:delete (write): no policy permits it"),
+        "{}",
+        describe(&cannot)
+    );
+    let held = kubectl(&[
+        "auth",
+        "can-i",
+        "create",
+        "serviceaccounts",
+        "-n",
+        "default",
+    ]);
+    assert_eq!(stdout(&held).trim(), "yes", "{}", describe(&held));
+
     // Creating a ServiceAccount is held for an operator: approved, it reaches the cluster;
     // denied, kubectl prints the operator's reason.
     let spawn_create = |name: &str| {
@@ -305,6 +327,12 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     );
     assert!(!seen.iter().any(|s| s.method == "DELETE"), "{seen:?}");
     assert!(!seen.iter().any(|s| s.path.ends_with("/exec")), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path.ends_with("/selfsubjectaccessreviews")),
+        "{seen:?}"
+    );
 
     // Every request is in the audit chain with its decision.
     let decided: Vec<_> = read_json_lines(&env.state.join("audit.jsonl"))

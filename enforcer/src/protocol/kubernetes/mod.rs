@@ -7,6 +7,7 @@
 
 mod redact;
 pub mod request;
+mod review;
 mod session;
 pub mod status;
 

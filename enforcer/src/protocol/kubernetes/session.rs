@@ -25,7 +25,7 @@ use tokio::{net::TcpStream, sync::Mutex};
 use super::{
     K8sError, redact,
     request::{ApiRequest, Kind, RequestError, parse},
-    status,
+    review, status,
 };
 use crate::{
     policy::Resource,
@@ -239,6 +239,9 @@ impl Session<'_> {
             }
         };
         let action = action(&request);
+        if is_review(&request) {
+            return Ok(self.review(req, &text).await);
+        }
         match self.decide(&request, &action, &text).await {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
@@ -323,37 +326,12 @@ impl Session<'_> {
         text: &str,
     ) -> Result<Result<(), String>, K8sError> {
         let access = request.access();
-        let (group, resource, subresource, namespace, name, path) = match &request.kind {
-            Kind::Resource {
-                group,
-                resource,
-                subresource,
-                namespace,
-                name,
-                ..
-            } => (
-                group.as_str(),
-                resource.as_str(),
-                subresource.as_str(),
-                namespace.as_str(),
-                name.as_str(),
-                "",
-            ),
-            Kind::NonResource { path } => ("", "", "", "", "", path.as_str()),
-        };
-        let context = |grant: &str| {
-            serde_json::json!({
-                "group": group, "resource": resource, "subresource": subresource,
-                "namespace": namespace, "name": name, "path": path,
-                "access": access.as_str(), "grant": grant,
-            })
-        };
         let outcome = decision::decide(
             self.ctx,
             self.resource,
             action,
             access.as_str(),
-            context,
+            |grant| context(request, grant),
             true,
         )
         .await
@@ -428,6 +406,105 @@ impl Session<'_> {
         )
         .await?;
         Ok(Ok(()))
+    }
+
+    /// Answers `kubectl auth can-i` from enforcer's own policies and the workload's grants
+    /// (without taking a use), instead of the cluster answering for the injected credential.
+    async fn review(&self, req: Request<Incoming>, text: &str) -> Response<Body> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = match http_body_util::Limited::new(req.into_body(), 64 << 10)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("enforcer: reading the access review: {e}"),
+                );
+            }
+        };
+        let question = match review::read(&body, &content_type) {
+            Ok(q) => q,
+            Err(e) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("enforcer: {e}"),
+                );
+            }
+        };
+        let asked = action(&question.request);
+        let access = question.request.access();
+        let outcome = match decision::decide(
+            self.ctx,
+            self.resource,
+            &asked,
+            access.as_str(),
+            |grant| context(&question.request, grant),
+            false,
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "access review not decided");
+                return failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "enforcer: the access review could not be decided".into(),
+                );
+            }
+        };
+        let reason = if !outcome.allowed {
+            let hint = if outcome.grantable {
+                format!(
+                    "; a grant would allow it: enforcer grant request --resource {} --access {access}",
+                    self.resource.name
+                )
+            } else {
+                String::new()
+            };
+            format!("enforcer: {asked} ({access}): {}{hint}", outcome.why)
+        } else if outcome.approval_required {
+            format!(
+                "enforcer: {asked} ({access}) is allowed once an operator approves it ({})",
+                outcome.policies.join(", ")
+            )
+        } else {
+            format!(
+                "enforcer: {asked} ({access}) is allowed by {}",
+                outcome.policies.join(", ")
+            )
+        };
+        let recorded = self
+            .record(
+                "k8s:create",
+                text,
+                "allow",
+                Vec::new(),
+                None,
+                None,
+                Some(format!("access review answered by enforcer: {reason}")),
+            )
+            .await;
+        if recorded.is_err() {
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "enforcer: the request could not be recorded".into(),
+            );
+        }
+        full(
+            StatusCode::CREATED,
+            review::answer(&question.spec, outcome.allowed, &reason),
+        )
     }
 
     async fn forward(
@@ -553,6 +630,39 @@ impl Session<'_> {
             }))
             .await;
     }
+}
+
+/// The Cedar context of a request, with the access level of the grant being tried.
+fn context(request: &ApiRequest, grant: &str) -> serde_json::Value {
+    let (group, resource, subresource, namespace, name, path) = match &request.kind {
+        Kind::Resource {
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            ..
+        } => (
+            group.as_str(),
+            resource.as_str(),
+            subresource.as_str(),
+            namespace.as_str(),
+            name.as_str(),
+            "",
+        ),
+        Kind::NonResource { path } => ("", "", "", "", "", path.as_str()),
+    };
+    serde_json::json!({
+        "group": group, "resource": resource, "subresource": subresource,
+        "namespace": namespace, "name": name, "path": path,
+        "access": request.access().as_str(), "grant": grant,
+    })
+}
+
+fn is_review(request: &ApiRequest) -> bool {
+    request.verb == "create"
+        && matches!(&request.kind, Kind::Resource { group, resource, .. }
+            if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews")
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
