@@ -45,7 +45,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     std::fs::write(
         policy.join("cluster.yaml"),
         format!(
-            "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n",
+            "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n",
             api.port,
             token.display(),
             api.ca.display()
@@ -115,6 +115,24 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         "{text}"
     );
     assert!(!text.contains("super-secret"), "{text}");
+    // The profile's keys mask ConfigMap values too.
+    let cm = kubectl(&[
+        "get",
+        "configmap",
+        "app-config",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]);
+    assert!(cm.status.success(), "{}", describe(&cm));
+    let text = stdout(&cm);
+    assert!(!text.contains("plain-text-password"), "{text}");
+    assert!(
+        text.contains("\"db_password\": \"[redacted by enforcer]\""),
+        "{text}"
+    );
+    assert!(text.contains("\"log_level\": \"debug\""), "{text}");
     // A watch stream is redacted event by event.
     let watched = kubectl(&["get", "--raw", "/api/v1/namespaces/default/secrets?watch=1"]);
     assert!(watched.status.success(), "{}", describe(&watched));

@@ -182,6 +182,8 @@ pub struct Profile {
     pub columns: Vec<String>,
     pub detectors: Vec<Detector>,
     pub strategy: Strategy,
+    /// Kubernetes: ConfigMap keys and env var names masked, lower-case patterns.
+    pub keys: Vec<String>,
 }
 
 impl Default for Profile {
@@ -190,6 +192,7 @@ impl Default for Profile {
             columns: Vec::new(),
             detectors: Detector::ALL.to_vec(),
             strategy: Strategy::Redact,
+            keys: Vec::new(),
         }
     }
 }
@@ -239,6 +242,12 @@ impl Profile {
             1 => glob(p, &in_table),
             _ => glob(p, &in_schema),
         })
+    }
+
+    /// A ConfigMap key or environment variable name whose value is masked.
+    pub fn masks_key(&self, key: &str) -> bool {
+        let lower = key.to_ascii_lowercase();
+        self.keys.iter().any(|p| glob(p, &lower))
     }
 
     /// Whether any rule masks by column (so a column whose table is unknown must be masked).

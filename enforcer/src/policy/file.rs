@@ -118,6 +118,10 @@ pub struct MaskingSpec {
     /// redact | partial | hash; default redact.
     #[serde(default)]
     pub strategy: Option<Spanned<String>>,
+    /// Kubernetes: ConfigMap data keys and container environment variable names whose values
+    /// are masked (`*` matches any run of characters).
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -734,6 +734,14 @@ impl Validator {
     fn masking(&mut self, spec: &Spanned<file::MaskingSpec>) -> crate::mask::Profile {
         use crate::mask::{Detector, Profile, Strategy};
         let mut profile = Profile::default();
+        for key in &spec.value.keys {
+            let text = key.value.trim().to_ascii_lowercase();
+            if text.is_empty() {
+                self.error(key.referenced, "key pattern must not be empty");
+            } else {
+                profile.keys.push(text);
+            }
+        }
         for column in &spec.value.columns {
             let text = column.value.trim().to_ascii_lowercase();
             if text.is_empty() {

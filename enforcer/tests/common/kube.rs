@@ -229,6 +229,7 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes
                     ("pods", "Pod", true),
                     ("secrets", "Secret", true),
                     ("serviceaccounts", "ServiceAccount", true),
+                    ("configmaps", "ConfigMap", true),
                     ("namespaces", "Namespace", false),
                 ],
             ),
@@ -260,6 +261,12 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
             json_response(ok, secret("db-creds"))
         }
+        ("GET", "/api/v1/namespaces/default/configmaps/app-config") => json_response(
+            ok,
+            json!({"kind": "ConfigMap", "apiVersion": "v1",
+                "metadata": {"name": "app-config", "namespace": "default"},
+                "data": {"db_password": "plain-text-password", "log_level": "debug"}}),
+        ),
         ("POST", "/api/v1/namespaces/default/serviceaccounts") => json_response(
             StatusCode::CREATED,
             json!({"kind": "ServiceAccount", "apiVersion": "v1",

@@ -2,9 +2,12 @@
 //! list, a Table's embedded objects, a watch event), every `Secret`'s `data` and
 //! `stringData` values are replaced — keys kept, `data` still valid base64 — and so are the
 //! copies kubectl keeps in the `kubectl.kubernetes.io/last-applied-configuration`
-//! annotation.
+//! annotation. The resource's masking profile may name more (`keys`): ConfigMap keys and
+//! container environment variables whose values are replaced the same way.
 
 use serde_json::Value;
+
+use crate::mask::Profile;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// What a redacted value reads as.
@@ -12,24 +15,73 @@ const REDACTED: &str = "[redacted by enforcer]";
 /// `REDACTED`, base64-encoded, for `data` (whose values must stay base64).
 const REDACTED_B64: &str = "W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==";
 
-/// Redacts every Secret in `value`; returns how many values were replaced.
-pub fn redact(value: &mut Value) -> usize {
+/// Redacts every Secret in `value`, and what the profile's `keys` name; returns how many
+/// values were replaced.
+pub fn redact(value: &mut Value, profile: &Profile) -> usize {
     let mut count = 0;
-    walk(value, &mut count);
+    walk(value, profile, &mut count);
     count
 }
 
-fn walk(value: &mut Value, count: &mut usize) {
+fn replace_all(
+    map: &mut serde_json::Map<String, Value>,
+    field: &str,
+    with: &str,
+    count: &mut usize,
+) {
+    if let Some(Value::Object(values)) = map.get_mut(field) {
+        for v in values.values_mut() {
+            *v = Value::String(with.to_owned());
+            *count += 1;
+        }
+    }
+}
+
+fn replace_keys(
+    map: &mut serde_json::Map<String, Value>,
+    field: &str,
+    with: &str,
+    profile: &Profile,
+    count: &mut usize,
+) {
+    if let Some(Value::Object(values)) = map.get_mut(field) {
+        for (k, v) in values.iter_mut() {
+            if profile.masks_key(k) {
+                *v = Value::String(with.to_owned());
+                *count += 1;
+            }
+        }
+    }
+}
+
+fn walk(value: &mut Value, profile: &Profile, count: &mut usize) {
     match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| walk(v, count)),
+        Value::Array(items) => items.iter_mut().for_each(|v| walk(v, profile, count)),
         Value::Object(map) => {
-            if map.get("kind").and_then(Value::as_str) == Some("Secret") {
-                for (field, replacement) in [("data", REDACTED_B64), ("stringData", REDACTED)] {
-                    if let Some(Value::Object(values)) = map.get_mut(field) {
-                        for v in values.values_mut() {
-                            *v = Value::String(replacement.to_owned());
-                            *count += 1;
-                        }
+            match map.get("kind").and_then(Value::as_str) {
+                Some("Secret") => {
+                    replace_all(map, "data", REDACTED_B64, count);
+                    replace_all(map, "stringData", REDACTED, count);
+                }
+                Some("ConfigMap") if !profile.keys.is_empty() => {
+                    replace_keys(map, "data", REDACTED, profile, count);
+                    replace_keys(map, "binaryData", REDACTED_B64, profile, count);
+                }
+                _ => {}
+            }
+            // A container's `env: [{name, value}]`, wherever a pod spec sits (pods, templates
+            // of deployments, jobs…).
+            if !profile.keys.is_empty()
+                && let Some(Value::Array(env)) = map.get_mut("env")
+            {
+                for var in env.iter_mut() {
+                    let masked = var
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| profile.masks_key(n));
+                    if masked && let Some(v) = var.get_mut("value") {
+                        *v = Value::String(REDACTED.to_owned());
+                        *count += 1;
                     }
                 }
             }
@@ -41,7 +93,7 @@ fn walk(value: &mut Value, count: &mut usize) {
                 match serde_json::from_str::<Value>(applied) {
                     Ok(mut inner) => {
                         let before = *count;
-                        walk(&mut inner, count);
+                        walk(&mut inner, profile, count);
                         if *count > before {
                             *applied = inner.to_string();
                         }
@@ -53,7 +105,7 @@ fn walk(value: &mut Value, count: &mut usize) {
                     }
                 }
             }
-            map.values_mut().for_each(|v| walk(v, count));
+            map.values_mut().for_each(|v| walk(v, profile, count));
         }
         _ => {}
     }
@@ -80,7 +132,7 @@ mod tests {
                 "kind": "ConfigMap", "data": {"plain": "visible"}
             }]
         });
-        assert_eq!(redact(&mut list), 3);
+        assert_eq!(redact(&mut list, &Profile::default()), 3);
         let text = list.to_string();
         assert!(
             !text.contains("aHVudGVyMg==") && !text.contains("hunter2"),
@@ -108,10 +160,37 @@ mod tests {
     fn watch_events_and_tables_are_walked() {
         let mut event =
             json!({"type": "ADDED", "object": {"kind": "Secret", "data": {"k": "dg=="}}});
-        assert_eq!(redact(&mut event), 1);
+        assert_eq!(redact(&mut event, &Profile::default()), 1);
         let mut table = json!({"kind": "Table", "rows": [{"cells": ["db"], "object":
             {"kind": "Secret", "data": {"k": "dg=="}}}]});
-        assert_eq!(redact(&mut table), 1);
+        assert_eq!(redact(&mut table, &Profile::default()), 1);
         assert_eq!(table["rows"][0]["object"]["data"]["k"], REDACTED_B64);
+    }
+
+    #[test]
+    fn profile_keys_mask_config_maps_and_environment_variables() {
+        let profile = Profile {
+            keys: vec!["*password*".into(), "api_token".into()],
+            ..Profile::default()
+        };
+        let mut cm = json!({"kind": "ConfigMap", "data": {"db_password": "x", "mode": "fast"},
+            "binaryData": {"API_TOKEN": "dg=="}});
+        assert_eq!(redact(&mut cm, &profile), 2);
+        assert_eq!(cm["data"]["db_password"], REDACTED);
+        assert_eq!(cm["data"]["mode"], "fast");
+        assert_eq!(cm["binaryData"]["API_TOKEN"], REDACTED_B64);
+        let mut deployment = json!({"kind": "Deployment", "spec": {"template": {"spec": {
+        "containers": [{"name": "app", "env": [
+            {"name": "API_TOKEN", "value": "t0k3n"},
+            {"name": "LOG_LEVEL", "value": "debug"},
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}
+        ]}]}}}});
+        assert_eq!(redact(&mut deployment, &profile), 1);
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0]["value"], REDACTED);
+        assert_eq!(env[1]["value"], "debug");
+        // Without keys in the profile, ConfigMaps pass as they are.
+        let mut plain = json!({"kind": "ConfigMap", "data": {"db_password": "x"}});
+        assert_eq!(redact(&mut plain, &Profile::default()), 0);
     }
 }

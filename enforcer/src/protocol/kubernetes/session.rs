@@ -278,7 +278,7 @@ impl Session<'_> {
                 status::forbidden(&request, message),
             ));
         }
-        let redacting = touches_secrets(&request);
+        let redacting = needs_redaction(&request, &self.resource.masking);
         let watch = request.verb == "watch";
         let response = match self.forward(req, redacting).await {
             Ok(r) => r,
@@ -298,9 +298,9 @@ impl Session<'_> {
         let response = if !redacting {
             response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
         } else if watch {
-            redact_stream(response)
+            redact_stream(response, self.resource.masking.clone())
         } else {
-            match redact_whole(response).await {
+            match redact_whole(response, &self.resource.masking).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.done(&text, 502, started, Some(e.clone())).await;
@@ -673,17 +673,38 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Whether the answer may carry Secret values.
-fn touches_secrets(request: &ApiRequest) -> bool {
+/// Resources whose objects carry a pod spec (and so environment variables).
+const WITH_POD_SPEC: [&str; 9] = [
+    "pods",
+    "podtemplates",
+    "replicationcontrollers",
+    "deployments",
+    "replicasets",
+    "statefulsets",
+    "daemonsets",
+    "jobs",
+    "cronjobs",
+];
+
+/// Whether the answer may carry values to redact: Secrets always; ConfigMaps and anything
+/// with a pod spec when the profile names keys.
+fn needs_redaction(request: &ApiRequest, profile: &crate::mask::Profile) -> bool {
     match &request.kind {
-        Kind::Resource { resource, .. } => resource == "secrets",
+        Kind::Resource { resource, .. } => {
+            resource == "secrets"
+                || (!profile.keys.is_empty()
+                    && (resource == "configmaps" || WITH_POD_SPEC.contains(&resource.as_str())))
+        }
         Kind::NonResource { .. } => false,
     }
 }
 
 /// A whole JSON answer, redacted. Anything that is not JSON cannot be checked, so it is not
 /// passed on.
-async fn redact_whole(response: Response<Incoming>) -> Result<Response<Body>, String> {
+async fn redact_whole(
+    response: Response<Incoming>,
+    profile: &crate::mask::Profile,
+) -> Result<Response<Body>, String> {
     let (mut parts, body) = response.into_parts();
     let limited = http_body_util::Limited::new(body, MAX_REDACTED_BODY);
     let bytes = limited
@@ -701,7 +722,7 @@ async fn redact_whole(response: Response<Incoming>) -> Result<Response<Body>, St
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    redact::redact(&mut value);
+    redact::redact(&mut value, profile);
     let out = Bytes::from(value.to_string());
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -717,7 +738,7 @@ async fn redact_whole(response: Response<Incoming>) -> Result<Response<Body>, St
 }
 
 /// A watch stream, redacted event by event as the events arrive (one JSON object per line).
-fn redact_stream(response: Response<Incoming>) -> Response<Body> {
+fn redact_stream(response: Response<Incoming>, profile: crate::mask::Profile) -> Response<Body> {
     let (mut parts, mut body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(16);
@@ -742,7 +763,7 @@ fn redact_stream(response: Response<Incoming>) -> Response<Body> {
             let mut out = Vec::new();
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                match redact_line(&line) {
+                match redact_line(&line, &profile) {
                     Some(l) => out.extend_from_slice(&l),
                     None => {
                         let _ = tx
@@ -757,7 +778,7 @@ fn redact_stream(response: Response<Incoming>) -> Response<Body> {
             }
         }
         if !pending.is_empty()
-            && let Some(l) = redact_line(&pending)
+            && let Some(l) = redact_line(&pending, &profile)
         {
             let _ = tx.send(Ok(Bytes::from(l))).await;
         }
@@ -765,13 +786,13 @@ fn redact_stream(response: Response<Incoming>) -> Response<Body> {
     Response::from_parts(parts, BoxBody::new(ChannelBody(rx)))
 }
 
-fn redact_line(line: &[u8]) -> Option<Vec<u8>> {
+fn redact_line(line: &[u8], profile: &crate::mask::Profile) -> Option<Vec<u8>> {
     let text = line.strip_suffix(b"\n").unwrap_or(line);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Some(line.to_vec());
     }
     let mut value: serde_json::Value = serde_json::from_slice(text).ok()?;
-    redact::redact(&mut value);
+    redact::redact(&mut value, profile);
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
     Some(out)
