@@ -97,13 +97,14 @@ fn field(text: &str, key: &str) -> Result<f64> {
 }
 
 pub fn run(only: &[String]) -> Result<()> {
-    const KINDS: [&str; 6] = [
+    const KINDS: [&str; 7] = [
         "connect",
         "latency",
         "throughput",
         "memory",
         "grants",
         "postgres",
+        "kubernetes",
     ];
     if let Some(bad) = only.iter().find(|o| !KINDS.contains(&o.as_str())) {
         bail!(
@@ -123,6 +124,10 @@ pub fn run(only: &[String]) -> Result<()> {
         "bench_client",
         "--example",
         "bench_grants",
+        "--example",
+        "kube_double",
+        "--example",
+        "bench_kube",
     ]))?;
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -135,6 +140,18 @@ pub fn run(only: &[String]) -> Result<()> {
     let wanted = |kind: &str| only.is_empty() || only.iter().any(|o| o == kind);
     if wanted("grants") {
         grants(&target.join("release/examples/bench_grants"))?;
+    }
+    if wanted("kubernetes") {
+        let programs = crate::bench_kube::Programs {
+            enforcer: target.join("release/enforcer"),
+            double: target.join("release/examples/kube_double"),
+            client: target.join("release/examples/bench_kube"),
+        };
+        let result = crate::bench_kube::run(&programs, &dir);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result?;
     }
     if wanted("postgres") {
         let result = crate::bench_pg::run(&target.join("release/enforcer"), &dir);

@@ -2,6 +2,7 @@
 //! Debian machine as root: `cargo xtask demo`, `cargo xtask test`.
 
 mod bench;
+mod bench_kube;
 mod bench_pg;
 mod demo;
 mod pg;

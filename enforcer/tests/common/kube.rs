@@ -71,6 +71,15 @@ fn tls_config(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
 
 impl ApiServer {
     pub fn start() -> ApiServer {
+        ApiServer::start_with(Sizes {
+            pods: 2,
+            secrets: 1,
+        })
+    }
+
+    /// A double whose pod list holds `pods` pods (`web-0`…) and whose secret and configmap
+    /// lists hold `secrets` objects each (`db-creds`, then `secret-1`…); for benchmarks.
+    pub fn start_with(sizes: Sizes) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (config, ca) = tls_config(dir.path());
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,7 +107,7 @@ impl ApiServer {
                     };
                     let service = hyper::service::service_fn(move |req| {
                         let log = Arc::clone(&log);
-                        async move { Ok::<_, Infallible>(answer(req, &log)) }
+                        async move { Ok::<_, Infallible>(answer(req, &log, sizes)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -177,7 +186,19 @@ fn table(objects: &[Value]) -> Value {
     })
 }
 
-fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub pods: usize,
+    pub secrets: usize,
+}
+
+fn config_map(name: &str) -> Value {
+    json!({"kind": "ConfigMap", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7"},
+        "data": {"password": SECRET_VALUE, "username": "YXBw"}})
+}
+
+fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().as_str().to_owned();
@@ -239,7 +260,8 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes
             resource_list("apps/v1", &[("deployments", "Deployment", true)]),
         ),
         ("GET", "/api/v1/namespaces/default/pods") => {
-            json_response(ok, list("PodList", vec![pod("web-0"), pod("web-1")]))
+            let pods = (0..sizes.pods).map(|i| pod(&format!("web-{i}"))).collect();
+            json_response(ok, list("PodList", pods))
         }
         ("GET", "/api/v1/namespaces/default/secrets") if query.contains("watch=") => {
             // Two events, one per line, then the stream ends.
@@ -256,7 +278,15 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>) -> Response<Full<Bytes
             r
         }
         ("GET", "/api/v1/namespaces/default/secrets") => {
-            json_response(ok, list("SecretList", vec![secret("db-creds")]))
+            let names = std::iter::once("db-creds".to_owned())
+                .chain((1..sizes.secrets).map(|i| format!("secret-{i}")));
+            json_response(ok, list("SecretList", names.map(|n| secret(&n)).collect()))
+        }
+        ("GET", "/api/v1/namespaces/default/configmaps") => {
+            let maps = (0..sizes.secrets)
+                .map(|i| config_map(&format!("config-{i}")))
+                .collect();
+            json_response(ok, list("ConfigMapList", maps))
         }
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
             json_response(ok, secret("db-creds"))
