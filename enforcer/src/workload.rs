@@ -82,6 +82,16 @@ impl Spawn<'_> {
         for name in self.withheld_env {
             cmd.env_remove(name);
         }
+        // The environment names the user the workload runs as, as su and sudo set it: root's
+        // HOME would send its tools to files they cannot read (libpq's ~/.postgresql fails
+        // the TLS connection with "permission denied", kubectl's cache cannot be written).
+        let (home, user) = match User::from_uid(self.run_as.uid) {
+            Ok(Some(u)) => (u.dir, u.name),
+            _ => (std::path::PathBuf::from("/"), self.run_as.uid.to_string()),
+        };
+        cmd.env("HOME", home)
+            .env("USER", &user)
+            .env("LOGNAME", &user);
         for (name, value) in self.env {
             cmd.env(name, value);
         }
