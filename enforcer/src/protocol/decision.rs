@@ -141,3 +141,39 @@ pub async fn wait(
         _ => Err("no operator approved it before the approval timeout".into()),
     })
 }
+
+/// Text kept in records and approval summaries: at most `max` bytes, cut on a character.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl Outcome {
+    /// For a denial nothing forbade: how to ask for the grant that would allow it.
+    pub fn grant_hint(&self, resource: &str, access: &str) -> String {
+        if self.grantable {
+            format!(
+                "; ask for a grant: enforcer grant request --resource {resource} --access {access} --reason …"
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

@@ -29,7 +29,10 @@ use super::{
 };
 use crate::{
     policy::Resource,
-    protocol::{HandlerContext, decision},
+    protocol::{
+        HandlerContext,
+        decision::{self, truncate},
+    },
     proxy::{Connection, connect_upstream},
     record::{Event, StatementDecided, StatementDone},
 };
@@ -337,14 +340,7 @@ impl Session<'_> {
         .await
         .map_err(|e| K8sError::Decision(e.to_string()))?;
         if !outcome.allowed {
-            let hint = if outcome.grantable {
-                format!(
-                    "; ask for a grant: enforcer grant request --resource {} --access {access} --reason …",
-                    self.resource.name
-                )
-            } else {
-                String::new()
-            };
+            let hint = outcome.grant_hint(&self.resource.name, access.as_str());
             let message = format!(
                 "enforcer: {action} ({access}) on {} denied: {}{hint}",
                 self.resource.name, outcome.why
@@ -810,15 +806,4 @@ impl hyper::body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }

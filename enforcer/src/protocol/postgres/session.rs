@@ -45,7 +45,10 @@ use super::{
 };
 use crate::{
     policy::Resource,
-    protocol::{HandlerContext, decision},
+    protocol::{
+        HandlerContext,
+        decision::{self, truncate},
+    },
     proxy::{Connection, RelayStats},
     record::{Event, StatementDecided, StatementDone},
     tls::MaybeTls,
@@ -861,14 +864,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 .because
                 .as_ref()
                 .map_or(String::new(), |b| format!(" (it {b})"));
-            let hint = if outcome.grantable {
-                format!(
-                    "; ask for a grant: enforcer grant request --resource {} --access {class} --reason …",
-                    self.resource.name
-                )
-            } else {
-                String::new()
-            };
+            let hint = outcome.grant_hint(&self.resource.name, class);
             let message = format!(
                 "enforcer: sql:{class}{because} on {} denied: {}{hint}",
                 self.resource.name, outcome.why
@@ -1468,17 +1464,6 @@ fn raise(message: &str) -> String {
     )
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1495,11 +1480,5 @@ mod tests {
             sql.contains("MESSAGE = 'it''s $$ END $$; DROP TABLE x; --'; END"),
             "{sql}"
         );
-    }
-
-    #[test]
-    fn truncation_respects_characters() {
-        assert_eq!(truncate("héllo", 2), "h…");
-        assert_eq!(truncate("abc", 5), "abc");
     }
 }
