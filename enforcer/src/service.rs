@@ -127,7 +127,8 @@ impl Service {
             .transpose()
             .map_err(|e| ServiceError::Webhook(e.to_string()))?;
 
-        let (redirect, listeners) = if resume {
+        let gateways = crate::proxy::bind_gateways(&cfg.policy)?;
+        let (redirect, mut listeners) = if resume {
             let mut redirect = Redirect::resume(&cfg.bpffs, &cfg.cgroup)?;
             // Same port as before: the kernel programs already send the workload there.
             let mut kernel = redirect.config()?;
@@ -146,6 +147,7 @@ impl Service {
                 listeners,
             )
         };
+        listeners.gateways = gateways;
         let proxy_port = listeners.port;
         let redirect = Arc::new(Mutex::new(redirect));
 

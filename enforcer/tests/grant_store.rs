@@ -131,16 +131,16 @@ async fn lifecycle(location: StoreLocation) {
         .token
         .expect("token for its owner");
     assert!(g.view(read.clone(), false).expect("view").token.is_none());
-    g.authorize_token(&token, &who(A), "orders-db", "read")
+    g.authorize_token(&token, Some(&who(A)), "orders-db", "read")
         .await
         .expect("A presents its token");
     assert!(matches!(
-        g.authorize_token(&token, &who(B), "orders-db", "read")
+        g.authorize_token(&token, Some(&who(B)), "orders-db", "read")
             .await,
         Err(GrantError::OtherWorkload)
     ));
     assert!(matches!(
-        g.authorize_token(&token, &who(A), "orders-db", "write")
+        g.authorize_token(&token, Some(&who(A)), "orders-db", "write")
             .await,
         Err(GrantError::OtherScope { .. })
     ));
@@ -151,7 +151,7 @@ async fn lifecycle(location: StoreLocation) {
         .expect("revoke");
     assert_eq!(g.authorize(A, "orders-db", "read").await.expect("r"), None);
     assert!(matches!(
-        g.authorize_token(&token, &who(A), "orders-db", "read")
+        g.authorize_token(&token, Some(&who(A)), "orders-db", "read")
             .await,
         Err(GrantError::NotActive { .. })
     ));
@@ -208,7 +208,7 @@ async fn lifecycle(location: StoreLocation) {
         .expect("read");
     let token = g.view(fresh, true).expect("view").token.expect("token");
     assert!(matches!(
-        g.authorize_token(&token, &impostor, "orders-db", "read")
+        g.authorize_token(&token, Some(&impostor), "orders-db", "read")
             .await,
         Err(GrantError::OtherWorkload)
     ));
@@ -351,13 +351,13 @@ async fn grant_lifecycle_on_postgres_and_across_hosts() {
     // B never saw A's key except through the store; the last use goes through B.
     let last = b
         .grants
-        .authorize_token(&token, &who(A), "orders-db", "write")
+        .authorize_token(&token, Some(&who(A)), "orders-db", "write")
         .await
         .expect("B verifies A's token");
     assert_eq!(last.uses_left, Some(0));
     assert!(matches!(
         a.grants
-            .authorize_token(&token, &who(A), "orders-db", "write")
+            .authorize_token(&token, Some(&who(A)), "orders-db", "write")
             .await,
         Err(GrantError::NotActive { .. })
     ));

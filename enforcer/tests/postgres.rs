@@ -78,6 +78,7 @@ fn shop_with(env: &Env, approval_timeout: &str) -> Shop {
     addresses: [\"127.0.0.1:{port}\"]
     credential: {{file: {secret}, username: app}}
     upstream_tls: {{ca: {ca}}}
+    gateway: \"127.0.0.1:{gateway}\"
     masking:
       columns: [\"card*\", \"staff.salary\"]
       strategy: partial
@@ -92,11 +93,39 @@ approvals:
             secret = secret.display(),
             ca = pg.ca.display(),
             gone = free_port(),
+            gateway = free_port(),
         ),
     )
     .expect("yaml");
     std::fs::write(dir.join("shop.cedar"), CEDAR).expect("cedar");
     Shop { pg, policy: dir }
+}
+
+impl Shop {
+    /// The port of the resource `shop`'s gateway (for clients outside the cgroup).
+    fn gateway(&self) -> u16 {
+        std::fs::read_to_string(self.policy.join("shop.yaml"))
+            .expect("yaml")
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("gateway: \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .expect("gateway port")
+    }
+}
+
+/// psql outside any cgroup, to a gateway, with `password`; one session running each of `sql`.
+fn gateway_psql(port: u16, password: &str, sql: &[&str]) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", "agent", "-d", "shop"]);
+    for statement in sql {
+        cmd.args(["-c", statement]);
+    }
+    cmd.env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    output_within(cmd, T)
 }
 
 /// psql inside the enforced cgroup, with the agent's stale static password.
@@ -723,4 +752,95 @@ fn tls_copy_table_rules_and_failures() {
     assert_eq!(garbage["error"], true, "{garbage}");
     let after = agent_psql(&cg, port, "SELECT 1");
     assert!(after.status.success(), "{}", describe(&after));
+
+    // A client outside the cgroup, through the gateway: a password that is not a grant token
+    // opens nothing; a grant token (asked for inside the workload, approved) is the session's
+    // credential, spent as the grant is.
+    let gateway = shop.gateway();
+    let stale = gateway_psql(gateway, "stale-static-password", &["SELECT 1"]);
+    assert!(!stale.status.success());
+    assert!(
+        stderr(&stale).contains("password authentication failed for resource shop"),
+        "{}",
+        describe(&stale)
+    );
+    let state = env.state.display().to_string();
+    let request = {
+        let mut cmd = cg.command(
+            ENFORCER,
+            &[
+                "grant",
+                "request",
+                "--resource",
+                "shop",
+                "--access",
+                "write",
+                "--uses",
+                "1",
+                "--reason",
+                "one fix from a client outside the cgroup",
+                "--wait",
+                "--json",
+                "--admin",
+                &admin,
+                "--state",
+                &state,
+            ],
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("grant request")
+    };
+    let approval = pending_approval(&admin, &env.state);
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let approve = operator(&admin, &env.state, &["approvals", "approve", &id]);
+    assert!(approve.status.success(), "{}", describe(&approve));
+    let granted = request.wait_with_output().expect("grant");
+    assert!(granted.status.success(), "{}", describe(&granted));
+    let granted: Value = serde_json::from_slice(&granted.stdout).expect("grant json");
+    let token = granted["token"].as_str().expect("token");
+    let grant_id = granted["id"].as_str().expect("grant id");
+    let session = gateway_psql(
+        gateway,
+        token,
+        &[
+            "SELECT email FROM customers WHERE id = 1",
+            "DELETE FROM customers WHERE id = 2",
+            "DELETE FROM customers WHERE id = 1",
+        ],
+    );
+    assert!(
+        stdout(&session).contains("***@*******.com") && !stdout(&session).contains("ada@"),
+        "{}",
+        describe(&session)
+    );
+    assert!(
+        stderr(&session).contains("the presented grant token"),
+        "the second write finds the single use spent: {}",
+        describe(&session)
+    );
+    assert_eq!(
+        shop.pg
+            .psql("shop", "SELECT string_agg(id::text, ',') FROM customers")
+            .trim(),
+        "1"
+    );
+    let spent = gateway_psql(gateway, token, &["SELECT 1"]);
+    assert!(
+        !spent.status.success() && stderr(&spent).contains("password authentication failed"),
+        "{}",
+        describe(&spent)
+    );
+    let by_token: Vec<Value> = statements(&env.state)
+        .into_iter()
+        .filter(|s| s["grant"] == grant_id)
+        .collect();
+    assert_eq!(by_token.len(), 1, "{by_token:?}");
+    assert_eq!(by_token[0]["action"], "sql:write");
+    assert!(
+        by_token[0]["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("id = 2"))
+    );
 }

@@ -587,17 +587,16 @@ impl Grants {
         }
     }
 
-    /// A grant presented as a token (password or bearer). Checked: signature (this enforcer's
-    /// key or one published in the store), expiry, scope, the workload it is bound to (when
-    /// presented from inside an enforced workload), and its state in the store (revoked, used
-    /// up); takes a use of counted grants.
-    pub async fn authorize_token(
+    /// A grant presented as a token (password or bearer), checked without taking a use:
+    /// signature (this enforcer's key or one published in the store), expiry, resource, the
+    /// workload it is bound to (when presented from inside an enforced workload, `presenter`),
+    /// and its state in the store (revoked, used up).
+    pub async fn verify_token(
         &self,
         token_text: &str,
-        presenter: &Requester,
+        presenter: Option<&Requester>,
         resource: &str,
-        access: &str,
-    ) -> Result<GrantUse, GrantError> {
+    ) -> Result<GrantClaims, GrantError> {
         let claims = match token::token_kid(token_text)? {
             Some(kid) if kid == self.signer.kid() => self.signer.verify(token_text)?,
             Some(kid) => match self.store.key(&kid).await? {
@@ -606,10 +605,12 @@ impl Grants {
             },
             None => self.signer.verify(token_text)?,
         };
-        if presenter.workload != claims.wl || presenter.principal.name != claims.sub {
+        if let Some(presenter) = presenter
+            && (presenter.workload != claims.wl || presenter.principal.name != claims.sub)
+        {
             return Err(GrantError::OtherWorkload);
         }
-        if claims.resource != resource || claims.access != access {
+        if claims.resource != resource {
             return Err(GrantError::OtherScope {
                 id: claims.jti,
                 resource: claims.resource,
@@ -629,6 +630,26 @@ impl Grants {
                 status,
             });
         }
+        Ok(claims)
+    }
+
+    /// [`Grants::verify_token`] for one operation of `access`, taking a use of a counted grant.
+    pub async fn authorize_token(
+        &self,
+        token_text: &str,
+        presenter: Option<&Requester>,
+        resource: &str,
+        access: &str,
+    ) -> Result<GrantUse, GrantError> {
+        let claims = self.verify_token(token_text, presenter, resource).await?;
+        if claims.access != access {
+            return Err(GrantError::OtherScope {
+                id: claims.jti,
+                resource: claims.resource,
+                access: claims.access,
+            });
+        }
+        let row = self.get(&claims.jti).await?;
         if row.uses_left.is_none() {
             return Ok(GrantUse {
                 grant: row.id,

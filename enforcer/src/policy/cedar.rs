@@ -60,6 +60,24 @@ impl Principal {
         }
     }
 
+    /// The principal a grant token names (`<provider>:<subject>` or `local`); the identity's
+    /// other claims are not in the token, so policies see none of its tags.
+    pub fn named(name: &str) -> Principal {
+        match name.split_once(':') {
+            Some((provider, subject)) => Principal {
+                name: name.to_owned(),
+                provider: provider.to_owned(),
+                subject: subject.to_owned(),
+                tags: BTreeMap::new(),
+            },
+            None if name == crate::identity::LOCAL_PRINCIPAL => Principal::local(),
+            None => Principal {
+                name: name.to_owned(),
+                ..Default::default()
+            },
+        }
+    }
+
     pub fn of(identity: Option<&crate::identity::WorkloadIdentity>) -> Principal {
         match identity {
             None => Principal::local(),

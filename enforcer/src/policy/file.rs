@@ -93,6 +93,10 @@ pub struct ResourceSpec {
     /// `false` declines and the client goes on in plaintext on loopback. Default true.
     #[serde(default)]
     pub client_tls: Option<bool>,
+    /// `IP:port` where enforcer also listens for clients outside any enforced cgroup: they
+    /// present a grant token as their password and get exactly what it grants.
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

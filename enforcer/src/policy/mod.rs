@@ -170,6 +170,29 @@ pub struct Resource {
     pub upstream_tls: Option<UpstreamTls>,
     /// Whether a workload asking for TLS gets it (from enforcer's CA) or is declined.
     pub client_tls: bool,
+    /// Where enforcer listens for clients that present a grant token instead of being
+    /// redirected from an enforced cgroup.
+    pub gateway: Option<SocketAddr>,
+}
+
+impl Resource {
+    /// The server enforcer connects to for a client that dialled `dialled`: the configured
+    /// upstream, else the address dialled, except that a gateway stands for the resource's
+    /// first address.
+    pub fn upstream_for(&self, dialled: SocketAddr) -> SocketAddr {
+        match self.upstream {
+            Some(upstream) => upstream,
+            None if self.gateway == Some(canonical_addr(dialled)) => {
+                self.addresses.first().copied().unwrap_or(dialled)
+            }
+            None => dialled,
+        }
+    }
+
+    /// Whether a connection to `dialled` came through the resource's gateway.
+    pub fn is_gateway(&self, dialled: SocketAddr) -> bool {
+        self.gateway == Some(canonical_addr(dialled))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -683,11 +706,61 @@ impl Validator {
                 ),
             );
         }
+        let gateway = spec.gateway.as_ref().and_then(|g| {
+            let addr = self.socket_addr(g, "gateway")?;
+            if protocol.is_some_and(|p| p != Protocol::Postgres) {
+                self.error(
+                    g.referenced,
+                    format!(
+                        "resource {:?}: a gateway is only served for postgres resources so far",
+                        spec.name.value
+                    ),
+                );
+                return None;
+            }
+            if addr.port() == 0 || addresses.contains(&addr) || addr.ip().is_unspecified() {
+                self.error(
+                    g.referenced,
+                    format!(
+                        "resource {:?}: the gateway {addr} must be a specific address with a port, not one of the resource's own addresses",
+                        spec.name.value
+                    ),
+                );
+                return None;
+            }
+            if let Some(other) = self
+                .policy
+                .resources
+                .iter()
+                .find(|r| r.addresses.contains(&addr) || r.gateway == Some(addr))
+            {
+                self.error(
+                    g.referenced,
+                    format!(
+                        "resource {:?}: the gateway {addr} is already used by resource {:?}",
+                        spec.name.value, other.name
+                    ),
+                );
+                return None;
+            }
+            if upstream.is_none() && addresses.is_empty() {
+                self.error(
+                    g.referenced,
+                    format!(
+                        "resource {:?}: a gateway needs an `upstream` or an address to connect to",
+                        spec.name.value
+                    ),
+                );
+                return None;
+            }
+            Some(addr)
+        });
         if let (true, Some(protocol)) = (name_ok, protocol) {
             self.policy.resources.push(Resource {
                 masking,
                 upstream_tls,
                 client_tls: spec.client_tls.unwrap_or(true),
+                gateway,
                 name: spec.name.value.trim().to_owned(),
                 protocol,
                 addresses,

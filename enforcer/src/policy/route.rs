@@ -44,10 +44,15 @@ impl Route {
 }
 
 impl Policy {
-    /// Resources first (they are specific), then egress rules in file order; default deny.
+    /// Resources first (they are specific; a resource's gateway routes to it too), then egress
+    /// rules in file order; default deny.
     pub fn route(&self, dst: SocketAddr) -> Route {
         let dst = canonical_addr(dst);
-        if let Some(resource) = self.resources.iter().find(|r| r.addresses.contains(&dst)) {
+        if let Some(resource) = self
+            .resources
+            .iter()
+            .find(|r| r.addresses.contains(&dst) || r.gateway == Some(dst))
+        {
             return Route {
                 target: RouteTarget::Resource(Box::new(resource.clone())),
             };

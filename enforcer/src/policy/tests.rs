@@ -404,3 +404,53 @@ fn kubernetes_requests_are_decided_by_verb_and_what_they_touch() {
         .allowed
     );
 }
+
+#[test]
+fn gateways_route_to_their_resource_and_are_validated() {
+    let policy = load(
+        "resources:
+  - name: db
+    protocol: postgres
+    addresses: [\"127.0.0.1:5432\"]
+    credential: {env: P}
+    gateway: \"127.0.0.1:15432\"
+",
+    )
+    .expect("valid policy");
+    let gateway: SocketAddr = "127.0.0.1:15432".parse().expect("addr");
+    assert_eq!(policy.route(gateway).rule(), Some("db"));
+    let db = &policy.resources[0];
+    assert!(db.is_gateway(gateway));
+    assert_eq!(
+        db.upstream_for(gateway),
+        "127.0.0.1:5432".parse::<SocketAddr>().expect("addr")
+    );
+    let errs = errors(
+        "resources:
+  - name: db
+    protocol: postgres
+    addresses: [\"127.0.0.1:5432\"]
+    credential: {env: P}
+    gateway: \"127.0.0.1:5432\"
+  - name: other
+    protocol: postgres
+    addresses: [\"127.0.0.1:5433\"]
+    credential: {env: P}
+    gateway: \"127.0.0.1:5432\"
+  - name: web
+    protocol: http
+    addresses: [\"127.0.0.1:80\"]
+    gateway: \"127.0.0.1:8080\"
+  - name: nowhere
+    protocol: postgres
+    addresses: [\"127.0.0.1:5434\"]
+    credential: {env: P}
+    gateway: \"0.0.0.0:6000\"
+",
+    );
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(errs[0].contains("p.yaml:6:") && errs[0].contains("not one of the resource's own"));
+    assert!(errs[1].contains("already used by resource \"db\""), "{errs:?}");
+    assert!(errs[2].contains("only served for postgres"), "{errs:?}");
+    assert!(errs[3].contains("specific address"), "{errs:?}");
+}

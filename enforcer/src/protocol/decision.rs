@@ -52,19 +52,41 @@ pub async fn decide(
     let mut decision = first;
     let mut grant = None;
     let mut grant_based = false;
+    let mut token_refused = None;
+    // A session opened with a token has that token's grant, and only it.
+    let token = ctx
+        .token
+        .filter(|t| t.claims.resource == resource.name && t.claims.access == access);
     if grantable
         && let Some(grants) = ctx.grants
-        && grants.has_active(ctx.workload, &resource.name, access)
+        && (token.is_some()
+            || (ctx.token.is_none() && grants.has_active(ctx.workload, &resource.name, access)))
     {
         let second = authz
             .decide_trusted(&ctx.principal, action, resource, context(access))
             .map_err(err)?;
         if second.allowed {
             if consume {
-                let used = grants
-                    .authorize(ctx.workload, &resource.name, access)
-                    .await
-                    .map_err(|e| DecisionError(e.to_string()))?;
+                let used = match token {
+                    Some(t) => {
+                        let presenter = ctx.presenter();
+                        match grants
+                            .authorize_token(&t.text, Some(&presenter), &resource.name, access)
+                            .await
+                        {
+                            Ok(u) => Some(u),
+                            // Revoked, used up, expired: a denial naming why, not a failure.
+                            Err(e) => {
+                                token_refused = Some(format!("the presented grant token: {e}"));
+                                None
+                            }
+                        }
+                    }
+                    None => grants
+                        .authorize(ctx.workload, &resource.name, access)
+                        .await
+                        .map_err(|e| DecisionError(e.to_string()))?,
+                };
                 if let Some(u) = used {
                     grant = Some(u.grant);
                     grant_based = true;
@@ -78,7 +100,7 @@ pub async fn decide(
     }
     Ok(Outcome {
         allowed: decision.allowed,
-        why: decision.explain(),
+        why: token_refused.unwrap_or_else(|| decision.explain()),
         approval_required: decision.approval_required,
         policies: decision.policies,
         grant,

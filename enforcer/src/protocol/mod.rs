@@ -30,6 +30,27 @@ pub struct HandlerContext<'a> {
     pub recorder: &'a Recorder,
     pub metrics: &'a Arc<Metrics>,
     pub shared: &'a Shared,
+    /// The grant token the client presented (through a gateway): its grant is the session's.
+    pub token: Option<&'a PresentedToken>,
+}
+
+/// A grant token a client presented, verified when presented and again at each use.
+#[derive(Debug, Clone)]
+pub struct PresentedToken {
+    pub text: String,
+    pub claims: crate::grant::GrantClaims,
+}
+
+impl HandlerContext<'_> {
+    /// Who presented a token from inside an enforced workload (a grant bound to another
+    /// workload must not work there); `None` for a client outside any cgroup, which the token
+    /// itself names.
+    pub fn presenter(&self) -> crate::grant::Requester {
+        crate::grant::Requester {
+            workload: self.workload.to_owned(),
+            principal: self.principal.clone(),
+        }
+    }
 }
 
 /// What protocol handlers keep across connections.
@@ -65,7 +86,7 @@ impl ProtocolHandler for PassThrough {
         client: &'a mut TcpStream,
         resource: &'a Resource,
     ) -> HandlerFuture<'a> {
-        let upstream: SocketAddr = resource.upstream.unwrap_or(conn.orig_dst);
+        let upstream: SocketAddr = resource.upstream_for(conn.orig_dst);
         Box::pin(relay(client, upstream))
     }
 }

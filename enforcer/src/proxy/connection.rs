@@ -31,6 +31,30 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// A client of a resource's gateway, outside any enforced cgroup: no kernel record, so
+    /// no process; who it is comes from the grant token it presents.
+    pub fn outside(id: u64, peer: SocketAddr, gateway: SocketAddr) -> Self {
+        Connection {
+            id,
+            workload: OUTSIDE.to_owned(),
+            peer,
+            orig_dst: gateway,
+            process: Process {
+                pid: 0,
+                tid: 0,
+                uid: 0,
+                gid: 0,
+                comm: String::new(),
+                cgroup_id: 0,
+            },
+        }
+    }
+}
+
+/// The workload name recorded for gateway clients until their token names theirs.
+pub const OUTSIDE: &str = "(outside)";
+
 fn process(orig: &OrigDst) -> Process {
     let len = orig
         .comm

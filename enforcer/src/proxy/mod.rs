@@ -8,7 +8,7 @@ mod connection;
 mod relay;
 mod sessions;
 
-pub use connection::Connection;
+pub use connection::{Connection, OUTSIDE};
 pub use relay::{RelayError, RelayStats, connect_upstream, relay};
 pub use sessions::{SessionGuard, SessionInfo, Sessions};
 
@@ -66,11 +66,23 @@ pub struct Proxy {
     next_id: AtomicU64,
 }
 
-/// The proxy's two listeners, IPv4 and IPv6 loopback, on one port.
+/// The proxy's two listeners, IPv4 and IPv6 loopback, on one port; and the resources'
+/// gateways.
 pub struct Listeners {
     pub v4: TcpListener,
     pub v6: Option<TcpListener>,
     pub port: u16,
+    pub gateways: Vec<(SocketAddr, TcpListener)>,
+}
+
+/// Binds every resource's gateway address.
+pub fn bind_gateways(policy: &Policy) -> Result<Vec<(SocketAddr, TcpListener)>, ProxyError> {
+    policy
+        .resources
+        .iter()
+        .filter_map(|r| r.gateway)
+        .map(|addr| Ok((addr, listen(addr)?)))
+        .collect()
 }
 
 impl Listeners {
@@ -95,13 +107,19 @@ impl Listeners {
                         v4,
                         v6: Some(v6),
                         port,
+                        gateways: Vec::new(),
                     });
                 }
                 // No IPv6 on this host: IPv6 connects then fail, which is what we want anyway.
                 Err(ProxyError::Bind { source, .. })
                     if source.kind() == std::io::ErrorKind::AddrNotAvailable =>
                 {
-                    return Ok(Listeners { v4, v6: None, port });
+                    return Ok(Listeners {
+                        v4,
+                        v6: None,
+                        port,
+                        gateways: Vec::new(),
+                    });
                 }
                 Err(e) => last = Some(e),
             }
@@ -169,20 +187,24 @@ impl Proxy {
     /// Accepts on every listener until the task is dropped.
     pub async fn serve(self: Arc<Self>, listeners: Listeners) {
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(Arc::clone(&self).accept_loop(listeners.v4));
+        tasks.spawn(Arc::clone(&self).accept_loop(listeners.v4, None));
         if let Some(v6) = listeners.v6 {
-            tasks.spawn(Arc::clone(&self).accept_loop(v6));
+            tasks.spawn(Arc::clone(&self).accept_loop(v6, None));
+        }
+        for (addr, listener) in listeners.gateways {
+            tasks.spawn(Arc::clone(&self).accept_loop(listener, Some(addr)));
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts redirected workload connections, or (`gateway`) clients of that gateway.
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, gateway: Option<SocketAddr>) {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let accepted = Instant::now();
                     let proxy = Arc::clone(&self);
-                    tokio::spawn(async move { proxy.handle(stream, peer, accepted).await });
+                    tokio::spawn(async move { proxy.handle(stream, peer, accepted, gateway).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; connections wait in
@@ -221,8 +243,22 @@ impl Proxy {
         crate::policy::Principal::of(self.identity.as_ref())
     }
 
-    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+    async fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        accepted: Instant,
+        gateway: Option<SocketAddr>,
+    ) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(gateway) = gateway {
+            let conn = Connection::outside(id, peer, gateway);
+            let route = self.policy.route(gateway);
+            self.metrics
+                .accept_latency
+                .observe(accepted.elapsed().as_secs_f64());
+            return self.serve_route(stream, conn, route).await;
+        }
         let orig = match self.redirect.lock() {
             Ok(mut redirect) => redirect.take_orig_dst(peer),
             Err(poisoned) => poisoned.into_inner().take_orig_dst(peer),
@@ -267,6 +303,19 @@ impl Proxy {
         self.metrics
             .accept_latency
             .observe(accepted.elapsed().as_secs_f64());
+        self.serve_route(stream, conn, route).await;
+    }
+
+    /// Records the routing decision, then serves the connection as it says.
+    async fn serve_route(&self, mut stream: TcpStream, conn: Connection, route: Route) {
+        let id = conn.id;
+        let peer = conn.peer;
+        let outside = conn.workload == OUTSIDE;
+        let (workload, principal) = if outside {
+            (conn.workload.clone(), String::new())
+        } else {
+            (self.workload.clone(), self.principal.clone())
+        };
         let decision = if matches!(route.target, RouteTarget::Deny { .. }) {
             "deny"
         } else {
@@ -275,10 +324,14 @@ impl Proxy {
         self.count(route.kind(), decision, route.rule().unwrap_or(""));
         let decided = ConnectionDecided {
             connection: id,
-            workload: self.workload.clone(),
-            principal: self.principal.clone(),
-            attributes: self.attributes(),
-            process: Some(conn.process.clone()),
+            workload: workload.clone(),
+            principal: principal.clone(),
+            attributes: if outside {
+                Default::default()
+            } else {
+                self.attributes()
+            },
+            process: (!outside).then(|| conn.process.clone()),
             peer,
             orig_dst: Some(conn.orig_dst),
             decision: decision.into(),
@@ -304,8 +357,8 @@ impl Proxy {
             RouteTarget::Deny { .. } => None,
             _ => Some(self.sessions.open(SessionInfo {
                 id,
-                workload: self.workload.clone(),
-                principal: self.principal.clone(),
+                workload: workload.clone(),
+                principal,
                 process: conn.process.clone(),
                 orig_dst: conn.orig_dst,
                 route: route.kind().into(),
@@ -328,13 +381,18 @@ impl Proxy {
             }
             RouteTarget::Resource(resource) => {
                 let ctx = protocol::HandlerContext {
-                    workload: &self.workload,
-                    principal: self.cedar_principal(),
+                    workload: if outside { OUTSIDE } else { &self.workload },
+                    principal: if outside {
+                        crate::policy::Principal::default()
+                    } else {
+                        self.cedar_principal()
+                    },
                     policy: &self.policy,
                     grants: self.grants.as_ref(),
                     recorder: &self.recorder,
                     metrics: &self.metrics,
                     shared: &self.protocols,
+                    token: None,
                 };
                 protocol::handler_for(resource.protocol)
                     .serve(&ctx, &conn, &mut stream, resource)
@@ -366,7 +424,7 @@ impl Proxy {
             .inc_by(stats.to_client);
         let closed = ConnectionClosed {
             connection: id,
-            workload: self.workload.clone(),
+            workload,
             rule: route.rule().map(str::to_owned),
             bytes_to_upstream: stats.to_upstream,
             bytes_to_client: stats.to_client,

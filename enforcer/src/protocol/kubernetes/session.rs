@@ -89,7 +89,7 @@ pub async fn run(
         .map_err(K8sError::Credential)?;
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| K8sError::Credential("the token is not a valid header value".into()))?;
-    let addr = resource.upstream.unwrap_or(conn.orig_dst);
+    let addr = resource.upstream_for(conn.orig_dst);
     let upstream = Upstream::connect(resource, addr).await?;
     let session = Session {
         ctx,

@@ -35,6 +35,8 @@ pub enum PgError {
     Upstream(String),
     #[error("cannot authenticate to the resource with the injected credential: {0}")]
     Auth(String),
+    #[error("client authentication: {0}")]
+    Client(String),
     #[error("credential: {0}")]
     Credential(String),
     #[error("the audit writer has stopped")]

@@ -46,7 +46,7 @@ use super::{
 use crate::{
     policy::Resource,
     protocol::{
-        HandlerContext,
+        HandlerContext, PresentedToken,
         decision::{self, truncate},
     },
     proxy::{Connection, RelayStats},
@@ -204,6 +204,7 @@ pub async fn run(
         }
     };
     let (stream, buffered) = creader.into_parts();
+    let client_is_tls = stream.is_tls();
     let (cr, cw) = tokio::io::split(stream);
     let writer = Mutex::new(cw);
     let mut creader = FrameReader::with_buffer(cr, buffered);
@@ -228,6 +229,42 @@ pub async fn run(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
 
+    // Through a gateway the password is the session's only credential: a grant token.
+    let token = if resource.is_gateway(conn.orig_dst) {
+        if !client_is_tls && !conn.peer.ip().is_loopback() {
+            fatal(
+                &writer,
+                "28000",
+                "enforcer: this gateway takes a grant token only over TLS (sslmode=require)",
+            )
+            .await;
+            return Err(PgError::Client("gateway client without TLS".into()));
+        }
+        match token_password(ctx, conn, resource, &writer, &mut creader).await? {
+            Some(token) => Some(token),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let token_ctx;
+    let ctx = match &token {
+        Some(token) => {
+            token_ctx = HandlerContext {
+                workload: &token.claims.wl,
+                principal: crate::policy::Principal::named(&token.claims.sub),
+                policy: ctx.policy,
+                grants: ctx.grants,
+                recorder: ctx.recorder,
+                metrics: ctx.metrics,
+                shared: ctx.shared,
+                token: Some(token),
+            };
+            &token_ctx
+        }
+        None => ctx,
+    };
+
     let secret = match Secret::for_resource(resource, &client_user) {
         Ok(s) => s,
         Err(e) => {
@@ -235,7 +272,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    let addr = resource.upstream.unwrap_or(conn.orig_dst);
+    let addr = resource.upstream_for(conn.orig_dst);
     let (mut ureader, mut uw) = match upstream::open(resource, addr, &secret, &forwarded).await {
         Ok(up) => up,
         Err(e @ (PgError::Auth(_) | PgError::Credential(_))) => {
@@ -325,6 +362,65 @@ pub async fn run(
     stats.to_client = ureader.bytes;
     drop(cancel_key);
     result
+}
+
+/// Asks a gateway client for its password and takes it only as a valid grant token for
+/// this resource (`None`: refused, the client told why). The password is never logged or
+/// echoed.
+async fn token_password<W, R>(
+    ctx: &HandlerContext<'_>,
+    conn: &Connection,
+    resource: &Resource,
+    writer: &Mutex<W>,
+    creader: &mut FrameReader<R>,
+) -> Result<Option<PresentedToken>, PgError>
+where
+    W: AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let Some(grants) = ctx.grants else {
+        fatal(writer, "28000", "enforcer: grants are not available here").await;
+        return Ok(None);
+    };
+    let mut ask = BytesMut::new();
+    PgWireBackendMessage::Authentication(Authentication::CleartextPassword).encode(&mut ask)?;
+    writer.lock().await.write_all(&ask).await?;
+    // A password message is small; a grant token is a few hundred bytes.
+    let Some(frame) = creader.message(16 * 1024).await? else {
+        return Ok(None);
+    };
+    if frame[0] != b'p' {
+        return Err(PgError::Protocol(format!(
+            "expected a password message, got {:?}",
+            frame[0] as char
+        )));
+    }
+    let password = body(&frame);
+    let password = password.strip_suffix(&[0]).unwrap_or(password);
+    let text = std::str::from_utf8(password).unwrap_or("").trim();
+    // A workload inside an enforced cgroup may only present its own grants.
+    let presenter = (conn.workload != crate::proxy::OUTSIDE).then(|| ctx.presenter());
+    match grants
+        .verify_token(text, presenter.as_ref(), &resource.name)
+        .await
+    {
+        Ok(claims) => Ok(Some(PresentedToken {
+            text: text.to_owned(),
+            claims,
+        })),
+        Err(e) => {
+            fatal(
+                writer,
+                "28P01",
+                &format!(
+                    "enforcer: password authentication failed for resource {}: the password must be a grant token for it ({e})",
+                    resource.name
+                ),
+            )
+            .await;
+            Err(PgError::Client(format!("grant token refused: {e}")))
+        }
+    }
 }
 
 /// The TLS handshake with the workload, with a certificate for the name it asked for (SNI)
