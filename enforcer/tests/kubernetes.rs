@@ -21,6 +21,14 @@ when { context.access == "read" };
 permit (principal, action == Enforcer::Action::"k8s:create", resource)
 when { context.resource == "serviceaccounts" && context.namespace == "default" };
 
+@id("deletes-by-grant")
+permit (principal, action == Enforcer::Action::"k8s:delete", resource)
+when { context.grant == "write" && context.resource == "deployments" };
+
+@id("write-grants")
+permit (principal, action == Enforcer::Action::"grant:request", resource)
+when { context.access == "write" };
+
 @id("default-secrets-readable-redacted")
 permit (principal, action in [Enforcer::Action::"k8s:get", Enforcer::Action::"k8s:list", Enforcer::Action::"k8s:watch"], resource)
 when { context.resource == "secrets" && context.namespace == "default" };
@@ -366,4 +374,99 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     assert!(find("k8s:list", "allow"), "{decided:#?}");
     assert!(find("k8s:delete", "deny"), "{decided:#?}");
     assert!(find("k8s:watch", "allow"), "{decided:#?}");
+
+    // A grant token in the kubeconfig: the request carrying it has that grant (one delete);
+    // the cluster still sees only the injected credential. Spent, the token opens nothing.
+    let state = env.state.display().to_string();
+    let granted = output_within(
+        cg.command(
+            ENFORCER,
+            &[
+                "grant",
+                "request",
+                "--resource",
+                "cluster",
+                "--access",
+                "write",
+                "--uses",
+                "1",
+                "--reason",
+                "remove the old web deployment",
+                "--json",
+                "--admin",
+                &admin,
+                "--state",
+                &state,
+            ],
+        ),
+        T,
+    );
+    assert!(granted.status.success(), "{}", describe(&granted));
+    let granted: serde_json::Value = serde_json::from_slice(&granted.stdout).expect("json");
+    let token_file = env.path().join("grant-token");
+    std::fs::write(&token_file, granted["token"].as_str().expect("token")).expect("token");
+    let with_token = output_within(
+        {
+            let mut c = std::process::Command::new(ENFORCER);
+            c.args(["kubeconfig", "--resource", "cluster", "--policy"])
+                .arg(&policy)
+                .arg("--state")
+                .arg(&env.state)
+                .arg("--grant-token")
+                .arg(&token_file);
+            c
+        },
+        T,
+    );
+    assert!(with_token.status.success(), "{}", describe(&with_token));
+    assert!(stdout(&with_token).contains("  user: {token: ey"));
+    std::fs::write(&config, stdout(&with_token)).expect("kubeconfig");
+    let before = api.seen().len();
+    let delete = kubectl(&[
+        "delete",
+        "deployment",
+        "web",
+        "-n",
+        "default",
+        "--wait=false",
+    ]);
+    assert!(delete.status.success(), "{}", describe(&delete));
+    let again = kubectl(&[
+        "delete",
+        "deployment",
+        "web",
+        "-n",
+        "default",
+        "--wait=false",
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("You must be logged in to the server (enforcer: the grant token")
+            && stderr(&again).contains("is used"),
+        "{}",
+        describe(&again)
+    );
+    let seen = api.seen();
+    let deletes: Vec<_> = seen[before..]
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{seen:?}");
+    assert!(
+        seen[before..]
+            .iter()
+            .all(|s| s.authorization.as_deref() == Some("Bearer real-cluster-token")),
+        "{seen:?}"
+    );
+    let decided: Vec<_> = read_json_lines(&env.state.join("audit.jsonl"))
+        .into_iter()
+        .map(|mut r| r["event"].take())
+        .filter(|e| e["kind"] == "statement" && e["action"] == "k8s:delete")
+        .collect();
+    assert!(
+        decided
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["grant"] == granted["id"]),
+        "{decided:#?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `enforcer kubeconfig`: what a workload's kubectl needs to reach a Kubernetes resource
-//! through enforcer — the API server's address and enforcer's CA — and no credential:
-//! enforcer injects the real one.
+//! through enforcer — the API server's address and enforcer's CA — and no credential
+//! (enforcer injects the real one), or a grant token when asked.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,37 @@ pub struct KubeconfigArgs {
     /// enforcer's state directory (where its CA is).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/enforcer")]
     state: PathBuf,
+    /// A file holding a grant token (`enforcer grant request … --json` prints it as
+    /// "token"; `-` reads standard input): the kubeconfig's user presents it, so requests
+    /// carry that grant. Without it the user has no credential and the workload's own
+    /// grants apply.
+    #[arg(long, value_name = "FILE")]
+    grant_token: Option<PathBuf>,
+}
+
+/// Reads a grant token and checks it has a JWT's shape (its signature and scope are checked
+/// by enforcer when it is presented).
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the grant token from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the grant token {}", path.display()))?
+    };
+    let token = text.trim();
+    let parts: Vec<&str> = token.split('.').collect();
+    let base64url = |p: &str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if parts.len() != 3 || !parts.iter().all(|p| base64url(p)) {
+        bail!(
+            "{} does not hold a grant token (a JWT: three base64url parts separated by dots)",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
 }
 
 pub fn run(args: KubeconfigArgs) -> Result<()> {
@@ -47,6 +78,10 @@ pub fn run(args: KubeconfigArgs) -> Result<()> {
             resource.protocol.as_str()
         );
     }
+    let user = match &args.grant_token {
+        Some(path) => format!("{{token: {}}}", read_token(path)?),
+        None => "{}".to_owned(),
+    };
     let Some(addr) = resource.addresses.first() else {
         bail!("resource {:?} has no address", resource.name);
     };
@@ -58,7 +93,7 @@ pub fn run(args: KubeconfigArgs) -> Result<()> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca);
     let name = &resource.name;
     print!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\nusers:\n- name: enforcer\n  user: {{}}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: enforcer\ncurrent-context: {name}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\nusers:\n- name: enforcer\n  user: {user}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: enforcer\ncurrent-context: {name}\n"
     );
     Ok(())
 }

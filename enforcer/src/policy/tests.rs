@@ -450,7 +450,10 @@ fn gateways_route_to_their_resource_and_are_validated() {
     );
     assert_eq!(errs.len(), 4, "{errs:?}");
     assert!(errs[0].contains("p.yaml:6:") && errs[0].contains("not one of the resource's own"));
-    assert!(errs[1].contains("already used by resource \"db\""), "{errs:?}");
+    assert!(
+        errs[1].contains("already used by resource \"db\""),
+        "{errs:?}"
+    );
     assert!(errs[2].contains("only served for postgres"), "{errs:?}");
     assert!(errs[3].contains("specific address"), "{errs:?}");
 }

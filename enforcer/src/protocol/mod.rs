@@ -42,6 +42,31 @@ pub struct PresentedToken {
 }
 
 impl HandlerContext<'_> {
+    /// This context for operations that present `token`: the token's grant is theirs. A
+    /// client outside any cgroup becomes the token's principal and workload; inside one,
+    /// the token was checked to be the workload's own.
+    pub fn with_token<'b>(&'b self, token: &'b PresentedToken) -> HandlerContext<'b> {
+        let outside = self.workload == crate::proxy::OUTSIDE;
+        HandlerContext {
+            workload: if outside {
+                &token.claims.wl
+            } else {
+                self.workload
+            },
+            principal: if outside {
+                Principal::named(&token.claims.sub)
+            } else {
+                self.principal.clone()
+            },
+            policy: self.policy,
+            grants: self.grants,
+            recorder: self.recorder,
+            metrics: self.metrics,
+            shared: self.shared,
+            token: Some(token),
+        }
+    }
+
     /// Who presented a token from inside an enforced workload (a grant bound to another
     /// workload must not work there); `None` for a client outside any cgroup, which the token
     /// itself names.

@@ -28,9 +28,10 @@ use super::{
     review, status,
 };
 use crate::{
+    grant::{GrantError, TokenError},
     policy::Resource,
     protocol::{
-        HandlerContext,
+        HandlerContext, PresentedToken,
         decision::{self, truncate},
     },
     proxy::{Connection, connect_upstream},
@@ -229,6 +230,7 @@ impl Session<'_> {
                 };
                 let _ = self
                     .record(
+                        self.ctx,
                         "k8s:unknown",
                         &text,
                         "deny",
@@ -242,10 +244,36 @@ impl Session<'_> {
             }
         };
         let action = action(&request);
+        let token = match self.presented_token(req.headers()).await {
+            Ok(token) => token,
+            Err(why) => {
+                let _ = self
+                    .record(
+                        self.ctx,
+                        &action,
+                        &text,
+                        "deny",
+                        Vec::new(),
+                        None,
+                        None,
+                        Some(why.clone()),
+                    )
+                    .await;
+                return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
+            }
+        };
+        let token_ctx;
+        let ctx = match &token {
+            Some(token) => {
+                token_ctx = self.ctx.with_token(token);
+                &token_ctx
+            }
+            None => self.ctx,
+        };
         if is_review(&request) {
-            return Ok(self.review(req, &text).await);
+            return Ok(self.review(ctx, req, &text).await);
         }
-        match self.decide(&request, &action, &text).await {
+        match self.decide(ctx, &request, &action, &text).await {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 return Ok(full(
@@ -267,6 +295,7 @@ impl Session<'_> {
             let message = "enforcer does not relay exec, attach or port-forward streams yet";
             let _ = self
                 .record(
+                    ctx,
                     &action,
                     &text,
                     "deny",
@@ -321,16 +350,52 @@ impl Session<'_> {
         Ok(response)
     }
 
+    /// The grant token in the request's `Authorization`, if it carries one. Any other
+    /// credential (the agent's stale cluster token) is no business of enforcer's: it is
+    /// dropped unread. A grant token that does not hold (expired, revoked, spent, another
+    /// workload's, another resource's) is refused with the reason.
+    async fn presented_token(&self, headers: &HeaderMap) -> Result<Option<PresentedToken>, String> {
+        let Some(text) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return Ok(None);
+        };
+        let Some(grants) = self.ctx.grants else {
+            return Ok(None);
+        };
+        let presenter = (self.conn.workload != crate::proxy::OUTSIDE).then(|| self.ctx.presenter());
+        match grants
+            .verify_token(text, presenter.as_ref(), &self.resource.name)
+            .await
+        {
+            Ok(claims) => Ok(Some(PresentedToken {
+                text: text.to_owned(),
+                claims,
+            })),
+            Err(GrantError::Token(
+                TokenError::Malformed(_) | TokenError::NotAGrant | TokenError::BadSignature,
+            )) => Ok(None),
+            Err(e) => Err(format!(
+                "enforcer: the grant token in Authorization does not hold for {}: {e}",
+                self.resource.name
+            )),
+        }
+    }
+
     /// `Ok(Ok(()))` to forward; `Ok(Err(message))` to refuse with 403.
     async fn decide(
         &self,
+        ctx: &HandlerContext<'_>,
         request: &ApiRequest,
         action: &str,
         text: &str,
     ) -> Result<Result<(), String>, K8sError> {
         let access = request.access();
         let outcome = decision::decide(
-            self.ctx,
+            ctx,
             self.resource,
             action,
             access.as_str(),
@@ -346,6 +411,7 @@ impl Session<'_> {
                 self.resource.name, outcome.why
             );
             self.record(
+                ctx,
                 action,
                 text,
                 "deny",
@@ -360,14 +426,14 @@ impl Session<'_> {
         let mut approval = None;
         if outcome.approval_required {
             let row = decision::hold(
-                self.ctx,
+                ctx,
                 self.resource,
                 self.conn.id,
                 format!("{action} on {}: {text}", self.resource.name),
             )
             .await
             .map_err(|e| K8sError::Decision(e.to_string()))?;
-            match decision::wait(self.ctx, &row.id)
+            match decision::wait(ctx, &row.id)
                 .await
                 .map_err(|e| K8sError::Decision(e.to_string()))?
             {
@@ -378,6 +444,7 @@ impl Session<'_> {
                         self.resource.name, row.id
                     );
                     self.record(
+                        ctx,
                         action,
                         text,
                         "deny",
@@ -392,6 +459,7 @@ impl Session<'_> {
             }
         }
         self.record(
+            ctx,
             action,
             text,
             "allow",
@@ -406,7 +474,12 @@ impl Session<'_> {
 
     /// Answers `kubectl auth can-i` from enforcer's own policies and the workload's grants
     /// (without taking a use), instead of the cluster answering for the injected credential.
-    async fn review(&self, req: Request<Incoming>, text: &str) -> Response<Body> {
+    async fn review(
+        &self,
+        ctx: &HandlerContext<'_>,
+        req: Request<Incoming>,
+        text: &str,
+    ) -> Response<Body> {
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -439,7 +512,7 @@ impl Session<'_> {
         let asked = action(&question.request);
         let access = question.request.access();
         let outcome = match decision::decide(
-            self.ctx,
+            ctx,
             self.resource,
             &asked,
             access.as_str(),
@@ -481,6 +554,7 @@ impl Session<'_> {
         };
         let recorded = self
             .record(
+                ctx,
                 "k8s:create",
                 text,
                 "allow",
@@ -564,8 +638,10 @@ impl Session<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
+        ctx: &HandlerContext<'_>,
         action: &str,
         text: &str,
         decision: &str,
@@ -574,8 +650,7 @@ impl Session<'_> {
         approval: Option<String>,
         reason: Option<String>,
     ) -> Result<(), K8sError> {
-        self.ctx
-            .metrics
+        ctx.metrics
             .statements
             .get_or_create(&crate::metrics::StatementLabels {
                 resource: self.resource.name.clone(),
@@ -583,12 +658,11 @@ impl Session<'_> {
                 decision: decision.to_owned(),
             })
             .inc();
-        self.ctx
-            .recorder
+        ctx.recorder
             .record_written(Event::Statement(StatementDecided {
                 connection: self.conn.id,
-                workload: self.ctx.workload.to_owned(),
-                principal: self.ctx.principal.name.clone(),
+                workload: ctx.workload.to_owned(),
+                principal: ctx.principal.name.clone(),
                 resource: self.resource.name.clone(),
                 action: action.to_owned(),
                 tables: Vec::new(),

@@ -250,16 +250,7 @@ pub async fn run(
     let token_ctx;
     let ctx = match &token {
         Some(token) => {
-            token_ctx = HandlerContext {
-                workload: &token.claims.wl,
-                principal: crate::policy::Principal::named(&token.claims.sub),
-                policy: ctx.policy,
-                grants: ctx.grants,
-                recorder: ctx.recorder,
-                metrics: ctx.metrics,
-                shared: ctx.shared,
-                token: Some(token),
-            };
+            token_ctx = ctx.with_token(token);
             &token_ctx
         }
         None => ctx,
