@@ -129,9 +129,24 @@ impl Authority {
         };
         let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .map_err(|e| err(&ca_path, e.to_string()))?;
-        // The issuer is rebuilt from the fixed name and the stored key: certificates it signs
-        // name the stored CA and carry its key identifier, so they chain to `ca.pem`.
-        let issuer = Issuer::new(ca_params(), key);
+        // The issuer is read from `ca.pem` itself (its name and key identifier), so a CA the
+        // operator placed there with its key works as well as the one enforcer made: what it
+        // signs chains to `ca.pem`. A key that is not the certificate's would sign leaves no
+        // client could verify: refused here instead.
+        let spki = x509_parser::parse_x509_certificate(ca_der.as_ref())
+            .map_err(|e| err(&ca_path, format!("not an X.509 certificate: {e}")))?
+            .1
+            .public_key()
+            .raw
+            .to_vec();
+        if spki != rcgen::PublicKeyData::subject_public_key_info(&key) {
+            return Err(err(
+                &key_path,
+                format!("is not the key of the certificate in {}", ca_path.display()),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&ca_der, key)
+            .map_err(|e| err(&ca_path, format!("cannot issue with this CA: {e}")))?;
         Ok(Authority {
             issuer,
             ca_der,
@@ -294,10 +309,16 @@ mod tests {
         // Reloaded: the same CA, and what it issues verifies against ca.pem.
         let again = Authority::load_or_create(dir.path()).expect("load");
         assert_eq!(first.ca_der, again.ca_der);
-        let server = again
+        handshake(&again, &dir.path().join(CA_CERT));
+    }
+
+    /// A TLS handshake, in memory, between a leaf `authority` issues and a client trusting
+    /// only `ca`.
+    fn handshake(authority: &Authority, ca: &Path) {
+        let server = authority
             .server_config(Some("db.internal"), "127.0.0.1".parse().expect("ip"), &[])
             .expect("issue");
-        let client = upstream_config(Some(&dir.path().join(CA_CERT)), &[]).expect("client");
+        let client = upstream_config(Some(ca), &[]).expect("client");
         let mut client = rustls::ClientConnection::new(
             Arc::new(client),
             ServerName::try_from("db.internal").expect("name"),
@@ -322,6 +343,48 @@ mod tests {
             }
         }
         assert!(!client.is_handshaking() && !server.is_handshaking());
+    }
+
+    /// A CA of the operator's (its own name), placed in the state directory with its key:
+    /// leaves chain to it; a key that does not match it is refused.
+    #[test]
+    fn an_operator_supplied_ca_is_used_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Example Corp");
+        dn.push(DnType::CommonName, "Example CI interception CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).expect("self-signed");
+        write_file(
+            &dir.path().join(CA_KEY),
+            key.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .expect("key");
+        write_file(&dir.path().join(CA_CERT), cert.pem().as_bytes(), 0o644).expect("cert");
+        let authority = Authority::load_or_create(dir.path()).expect("load the operator's CA");
+        assert_eq!(authority.ca_der.as_ref(), cert.der().as_ref());
+        handshake(&authority, &dir.path().join(CA_CERT));
+
+        let other = KeyPair::generate().expect("key");
+        std::fs::remove_file(dir.path().join(CA_KEY)).expect("rm");
+        write_file(
+            &dir.path().join(CA_KEY),
+            other.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .expect("key");
+        let refused = Authority::load_or_create(dir.path()).expect_err("mismatched key");
+        assert!(
+            refused
+                .to_string()
+                .contains("is not the key of the certificate"),
+            "{refused}"
+        );
     }
 
     #[test]
