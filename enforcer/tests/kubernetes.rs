@@ -46,6 +46,7 @@ fn stderr(out: &Output) -> String {
 fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     let env = Env::new();
     let api = kube::ApiServer::start();
+    let gateway = free_port();
     let policy = env.path().join("k8s-policy");
     std::fs::create_dir_all(&policy).expect("mkdir");
     let token = env.path().join("cluster-token");
@@ -53,10 +54,11 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     std::fs::write(
         policy.join("cluster.yaml"),
         format!(
-            "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n",
+            "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
             api.port,
             token.display(),
-            api.ca.display()
+            api.ca.display(),
+            gateway,
         ),
     )
     .expect("yaml");
@@ -468,5 +470,128 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
             .iter()
             .any(|e| e["decision"] == "allow" && e["grant"] == granted["id"]),
         "{decided:#?}"
+    );
+
+    // Outside the cgroup, kubectl reaches the cluster only through the gateway, and only
+    // with a grant token: its grant and the baseline, as the token's workload.
+    let granted = output_within(
+        cg.command(
+            ENFORCER,
+            &[
+                "grant",
+                "request",
+                "--resource",
+                "cluster",
+                "--access",
+                "write",
+                "--uses",
+                "1",
+                "--reason",
+                "clean up from the operator's laptop",
+                "--json",
+                "--admin",
+                &admin,
+                "--state",
+                &state,
+            ],
+        ),
+        T,
+    );
+    assert!(granted.status.success(), "{}", describe(&granted));
+    let granted: serde_json::Value = serde_json::from_slice(&granted.stdout).expect("json");
+    std::fs::write(&token_file, granted["token"].as_str().expect("token")).expect("token");
+    let outside_config = |with_token: bool| {
+        let mut c = std::process::Command::new(ENFORCER);
+        c.args([
+            "kubeconfig",
+            "--resource",
+            "cluster",
+            "--gateway",
+            "--policy",
+        ])
+        .arg(&policy)
+        .arg("--state")
+        .arg(&env.state)
+        .arg("--grant-token")
+        .arg(&token_file);
+        let out = output_within(c, T);
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("server: https://127.0.0.1:{gateway}")),
+            "{text}"
+        );
+        let path = env.path().join(format!("outside-{with_token}"));
+        let text = if with_token {
+            text
+        } else {
+            text.lines()
+                .map(|l| {
+                    if l.starts_with("  user: {token:") {
+                        "  user: {token: stale-cluster-admin-token}"
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    };
+    let outside = |config: &std::path::Path, args: &[&str]| -> Output {
+        let mut c = std::process::Command::new("/usr/bin/kubectl");
+        c.arg("--kubeconfig")
+            .arg(config)
+            .arg("--cache-dir")
+            .arg(env.path().join("outside-cache"))
+            .arg("--request-timeout=20s")
+            .args(args);
+        output_within(c, T)
+    };
+    let seen_before = api.seen().len();
+    let anonymous = outside(&outside_config(false), &["get", "pods", "-n", "default"]);
+    assert!(!anonymous.status.success());
+    assert!(
+        stderr(&anonymous).contains("You must be logged in to the server"),
+        "{}",
+        describe(&anonymous)
+    );
+    assert_eq!(
+        api.seen().len(),
+        seen_before,
+        "a stale token through the gateway reaches nothing"
+    );
+    let config = outside_config(true);
+    let pods = outside(&config, &["get", "pods", "-n", "default"]);
+    assert!(pods.status.success(), "{}", describe(&pods));
+    assert!(stdout(&pods).contains("web-0"), "{}", describe(&pods));
+    let before = api.seen().len();
+    let delete = outside(
+        &config,
+        &[
+            "delete",
+            "deployment",
+            "web",
+            "-n",
+            "default",
+            "--wait=false",
+        ],
+    );
+    assert!(delete.status.success(), "{}", describe(&delete));
+    let seen = api.seen();
+    assert_eq!(
+        seen[before..]
+            .iter()
+            .filter(|s| s.method == "DELETE")
+            .count(),
+        1,
+        "{seen:?}"
+    );
+    assert!(
+        seen[before..]
+            .iter()
+            .all(|s| s.authorization.as_deref() == Some("Bearer real-cluster-token")),
+        "{seen:?}"
     );
 }

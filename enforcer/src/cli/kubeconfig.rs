@@ -30,6 +30,10 @@ pub struct KubeconfigArgs {
     /// grants apply.
     #[arg(long, value_name = "FILE")]
     grant_token: Option<PathBuf>,
+    /// Point at the resource's gateway (for a client outside any enforced cgroup) instead of
+    /// the API server's address; needs --grant-token, the gateway's only credential.
+    #[arg(long, requires = "grant_token")]
+    gateway: bool,
 }
 
 /// Reads a grant token and checks it has a JWT's shape (its signature and scope are checked
@@ -82,8 +86,19 @@ pub fn run(args: KubeconfigArgs) -> Result<()> {
         Some(path) => format!("{{token: {}}}", read_token(path)?),
         None => "{}".to_owned(),
     };
-    let Some(addr) = resource.addresses.first() else {
-        bail!("resource {:?} has no address", resource.name);
+    let addr = if args.gateway {
+        let Some(gateway) = resource.gateway else {
+            bail!(
+                "resource {:?} has no gateway (add `gateway: IP:port` to it in the policy)",
+                resource.name
+            );
+        };
+        gateway
+    } else {
+        let Some(addr) = resource.addresses.first() else {
+            bail!("resource {:?} has no address", resource.name);
+        };
+        *addr
     };
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;

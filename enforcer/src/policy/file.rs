@@ -94,7 +94,7 @@ pub struct ResourceSpec {
     #[serde(default)]
     pub client_tls: Option<bool>,
     /// `IP:port` where enforcer also listens for clients outside any enforced cgroup: they
-    /// present a grant token as their password and get exactly what it grants.
+    /// present a grant token (password, bearer token) and get exactly what it grants.
     #[serde(default)]
     pub gateway: Option<Spanned<String>>,
 }

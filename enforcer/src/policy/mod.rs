@@ -708,11 +708,11 @@ impl Validator {
         }
         let gateway = spec.gateway.as_ref().and_then(|g| {
             let addr = self.socket_addr(g, "gateway")?;
-            if protocol.is_some_and(|p| p != Protocol::Postgres) {
+            if protocol.is_some_and(|p| !matches!(p, Protocol::Postgres | Protocol::Kubernetes)) {
                 self.error(
                     g.referenced,
                     format!(
-                        "resource {:?}: a gateway is only served for postgres resources so far",
+                        "resource {:?}: a gateway is only served for postgres and kubernetes resources so far",
                         spec.name.value
                     ),
                 );

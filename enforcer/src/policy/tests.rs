@@ -454,6 +454,9 @@ fn gateways_route_to_their_resource_and_are_validated() {
         errs[1].contains("already used by resource \"db\""),
         "{errs:?}"
     );
-    assert!(errs[2].contains("only served for postgres"), "{errs:?}");
+    assert!(
+        errs[2].contains("only served for postgres and kubernetes"),
+        "{errs:?}"
+    );
     assert!(errs[3].contains("specific address"), "{errs:?}");
 }

@@ -262,6 +262,25 @@ impl Session<'_> {
                 return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
             }
         };
+        if token.is_none() && self.resource.is_gateway(self.conn.orig_dst) {
+            let why = format!(
+                "enforcer: the gateway of {} takes only a grant token as the bearer token (enforcer kubeconfig --gateway --grant-token FILE)",
+                self.resource.name
+            );
+            let _ = self
+                .record(
+                    self.ctx,
+                    &action,
+                    &text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(why.clone()),
+                )
+                .await;
+            return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
+        }
         let token_ctx;
         let ctx = match &token {
             Some(token) => {
