@@ -262,25 +262,6 @@ impl Session<'_> {
                 return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
             }
         };
-        if token.is_none() && self.resource.is_gateway(self.conn.orig_dst) {
-            let why = format!(
-                "enforcer: the gateway of {} takes only a grant token as the bearer token (enforcer kubeconfig --gateway --grant-token FILE)",
-                self.resource.name
-            );
-            let _ = self
-                .record(
-                    self.ctx,
-                    &action,
-                    &text,
-                    "deny",
-                    Vec::new(),
-                    None,
-                    None,
-                    Some(why.clone()),
-                )
-                .await;
-            return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
-        }
         let token_ctx;
         let ctx = match &token {
             Some(token) => {
@@ -369,11 +350,24 @@ impl Session<'_> {
         Ok(response)
     }
 
+    /// [`Session::grant_token`]; through the gateway a grant token is the only credential
+    /// there is, so a request without one is refused.
+    async fn presented_token(&self, headers: &HeaderMap) -> Result<Option<PresentedToken>, String> {
+        let token = self.grant_token(headers).await?;
+        if token.is_none() && self.resource.is_gateway(self.conn.orig_dst) {
+            return Err(format!(
+                "enforcer: the gateway of {} takes only a grant token as the bearer token (enforcer kubeconfig --gateway --grant-token FILE)",
+                self.resource.name
+            ));
+        }
+        Ok(token)
+    }
+
     /// The grant token in the request's `Authorization`, if it carries one. Any other
     /// credential (the agent's stale cluster token) is no business of enforcer's: it is
     /// dropped unread. A grant token that does not hold (expired, revoked, spent, another
     /// workload's, another resource's) is refused with the reason.
-    async fn presented_token(&self, headers: &HeaderMap) -> Result<Option<PresentedToken>, String> {
+    async fn grant_token(&self, headers: &HeaderMap) -> Result<Option<PresentedToken>, String> {
         let Some(text) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
