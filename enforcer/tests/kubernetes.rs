@@ -42,69 +42,145 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A cluster (the API double) behind enforcer, and kubectl in the enforced cgroup with the
+/// kubeconfig enforcer hands out, to which the agent added its stale cluster-admin token.
+struct Cluster {
+    _daemon: Guard,
+    cg: TestCgroup,
+    api: kube::ApiServer,
+    policy: std::path::PathBuf,
+    admin: String,
+    gateway: u16,
+    config: std::path::PathBuf,
+    cache: std::path::PathBuf,
+    env: Env,
+}
+
+impl Cluster {
+    fn start(cedar: &str) -> Cluster {
+        let env = Env::new();
+        let api = kube::ApiServer::start();
+        let gateway = free_port();
+        let policy = env.path().join("k8s-policy");
+        std::fs::create_dir_all(&policy).expect("mkdir");
+        let token = env.path().join("cluster-token");
+        std::fs::write(&token, "real-cluster-token\n").expect("token");
+        std::fs::write(
+            policy.join("cluster.yaml"),
+            format!(
+                "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
+                api.port,
+                token.display(),
+                api.ca.display(),
+                gateway,
+            ),
+        )
+        .expect("yaml");
+        std::fs::write(policy.join("cluster.cedar"), cedar).expect("cedar");
+        let cg = TestCgroup::new("k8s");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let (daemon, _) = start_daemon(&env, &policy, &cg.path, &admin);
+
+        // The kubeconfig enforcer hands out: the cluster's address, enforcer's CA, no user
+        // credential. The agent's copy also carries its stale cluster-admin token.
+        let kubeconfig = output_within(
+            {
+                let mut c = std::process::Command::new(ENFORCER);
+                c.args(["kubeconfig", "--resource", "cluster", "--policy"])
+                    .arg(&policy)
+                    .arg("--state")
+                    .arg(&env.state);
+                c
+            },
+            T,
+        );
+        assert!(kubeconfig.status.success(), "{}", describe(&kubeconfig));
+        let text = stdout(&kubeconfig);
+        assert!(
+            text.contains(&format!("server: https://127.0.0.1:{}", api.port)),
+            "{text}"
+        );
+        assert!(text.contains("certificate-authority-data: "), "{text}");
+        let stale = text.replace(
+            "  user: {}",
+            "  user:\n    token: stale-cluster-admin-token",
+        );
+        let config = env.path().join("kubeconfig");
+        std::fs::write(&config, stale).expect("kubeconfig");
+        let cache = env.path().join("kube-cache");
+        Cluster {
+            _daemon: daemon,
+            cg,
+            api,
+            policy,
+            admin,
+            gateway,
+            config,
+            cache,
+            env,
+        }
+    }
+
+    /// kubectl in the cgroup, with `env` (`NAME=value`) set for it.
+    fn kubectl(&self, args: &[&str], env: &[&str]) -> Output {
+        let mut all = env.to_vec();
+        all.extend([
+            "/usr/bin/kubectl",
+            "--kubeconfig",
+            self.config.to_str().expect("utf-8"),
+            "--cache-dir",
+            self.cache.to_str().expect("utf-8"),
+            "--request-timeout=20s",
+        ]);
+        all.extend_from_slice(args);
+        output_within(self.cg.command("env", &all), T)
+    }
+
+    /// A grant for this workload, as `enforcer grant request --json` prints it.
+    fn grant(&self, access: &str, uses: &str, reason: &str) -> serde_json::Value {
+        let state = self.env.state.display().to_string();
+        let granted = output_within(
+            self.cg.command(
+                ENFORCER,
+                &[
+                    "grant",
+                    "request",
+                    "--resource",
+                    "cluster",
+                    "--access",
+                    access,
+                    "--uses",
+                    uses,
+                    "--reason",
+                    reason,
+                    "--json",
+                    "--admin",
+                    &self.admin,
+                    "--state",
+                    &state,
+                ],
+            ),
+            T,
+        );
+        assert!(granted.status.success(), "{}", describe(&granted));
+        serde_json::from_slice(&granted.stdout).expect("json")
+    }
+}
+
 #[test]
 fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
-    let env = Env::new();
-    let api = kube::ApiServer::start();
-    let gateway = free_port();
-    let policy = env.path().join("k8s-policy");
-    std::fs::create_dir_all(&policy).expect("mkdir");
-    let token = env.path().join("cluster-token");
-    std::fs::write(&token, "real-cluster-token\n").expect("token");
-    std::fs::write(
-        policy.join("cluster.yaml"),
-        format!(
-            "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
-            api.port,
-            token.display(),
-            api.ca.display(),
-            gateway,
-        ),
-    )
-    .expect("yaml");
-    std::fs::write(policy.join("cluster.cedar"), CEDAR).expect("cedar");
-    let cg = TestCgroup::new("k8s");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _) = start_daemon(&env, &policy, &cg.path, &admin);
-
-    // The kubeconfig enforcer hands out: the cluster's address, enforcer's CA, no user
-    // credential. The agent's copy also carries its stale cluster-admin token.
-    let kubeconfig = output_within(
-        {
-            let mut c = std::process::Command::new(ENFORCER);
-            c.args(["kubeconfig", "--resource", "cluster", "--policy"])
-                .arg(&policy)
-                .arg("--state")
-                .arg(&env.state);
-            c
-        },
-        T,
+    let cluster = Cluster::start(CEDAR);
+    let (env, api, policy, cg, admin, config, cache, gateway) = (
+        &cluster.env,
+        &cluster.api,
+        &cluster.policy,
+        &cluster.cg,
+        &cluster.admin,
+        &cluster.config,
+        &cluster.cache,
+        cluster.gateway,
     );
-    assert!(kubeconfig.status.success(), "{}", describe(&kubeconfig));
-    let text = stdout(&kubeconfig);
-    assert!(
-        text.contains(&format!("server: https://127.0.0.1:{}", api.port)),
-        "{text}"
-    );
-    assert!(text.contains("certificate-authority-data: "), "{text}");
-    let stale = text.replace(
-        "  user: {}",
-        "  user:\n    token: stale-cluster-admin-token",
-    );
-    let config = env.path().join("kubeconfig");
-    std::fs::write(&config, stale).expect("kubeconfig");
-    let cache = env.path().join("kube-cache");
-    let kubectl = |args: &[&str]| -> Output {
-        let mut all = vec![
-            "--kubeconfig",
-            config.to_str().expect("utf-8"),
-            "--cache-dir",
-            cache.to_str().expect("utf-8"),
-            "--request-timeout=20s",
-        ];
-        all.extend_from_slice(args);
-        output_within(cg.command("/usr/bin/kubectl", &all), T)
-    };
+    let kubectl = |args: &[&str]| cluster.kubectl(args, &[]);
 
     // Reading pods: allowed at baseline, through discovery and a Table.
     let pods = kubectl(&["get", "pods", "-n", "default"]);
@@ -217,7 +293,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         cmd.spawn().expect("kubectl")
     };
     let held = spawn_create("ci-bot");
-    let approval = pending_approval(&admin, &env.state);
+    let approval = pending_approval(admin, &env.state);
     assert_eq!(approval["kind"], "operation");
     assert!(
         approval["summary"]
@@ -226,7 +302,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         "{approval}"
     );
     let id = approval["id"].as_str().expect("id").to_owned();
-    let ok = operator(&admin, &env.state, &["approvals", "approve", &id]);
+    let ok = operator(admin, &env.state, &["approvals", "approve", &id]);
     assert!(ok.status.success(), "{}", describe(&ok));
     let created = held.wait_with_output().expect("kubectl");
     assert!(created.status.success(), "{}", describe(&created));
@@ -236,10 +312,10 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         describe(&created)
     );
     let held = spawn_create("other-bot");
-    let approval = pending_approval(&admin, &env.state);
+    let approval = pending_approval(admin, &env.state);
     let id = approval["id"].as_str().expect("id").to_owned();
     let no = operator(
-        &admin,
+        admin,
         &env.state,
         &["approvals", "deny", &id, "--reason", "use the shared bot"],
     );
@@ -379,39 +455,14 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
 
     // A grant token in the kubeconfig: the request carrying it has that grant (one delete);
     // the cluster still sees only the injected credential. Spent, the token opens nothing.
-    let state = env.state.display().to_string();
-    let granted = output_within(
-        cg.command(
-            ENFORCER,
-            &[
-                "grant",
-                "request",
-                "--resource",
-                "cluster",
-                "--access",
-                "write",
-                "--uses",
-                "1",
-                "--reason",
-                "remove the old web deployment",
-                "--json",
-                "--admin",
-                &admin,
-                "--state",
-                &state,
-            ],
-        ),
-        T,
-    );
-    assert!(granted.status.success(), "{}", describe(&granted));
-    let granted: serde_json::Value = serde_json::from_slice(&granted.stdout).expect("json");
+    let granted = cluster.grant("write", "1", "remove the old web deployment");
     let token_file = env.path().join("grant-token");
     std::fs::write(&token_file, granted["token"].as_str().expect("token")).expect("token");
     let with_token = output_within(
         {
             let mut c = std::process::Command::new(ENFORCER);
             c.args(["kubeconfig", "--resource", "cluster", "--policy"])
-                .arg(&policy)
+                .arg(policy)
                 .arg("--state")
                 .arg(&env.state)
                 .arg("--grant-token")
@@ -422,7 +473,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     );
     assert!(with_token.status.success(), "{}", describe(&with_token));
     assert!(stdout(&with_token).contains("  user: {token: ey"));
-    std::fs::write(&config, stdout(&with_token)).expect("kubeconfig");
+    std::fs::write(config, stdout(&with_token)).expect("kubeconfig");
     let before = api.seen().len();
     let delete = kubectl(&[
         "delete",
@@ -474,31 +525,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
 
     // Outside the cgroup, kubectl reaches the cluster only through the gateway, and only
     // with a grant token: its grant and the baseline, as the token's workload.
-    let granted = output_within(
-        cg.command(
-            ENFORCER,
-            &[
-                "grant",
-                "request",
-                "--resource",
-                "cluster",
-                "--access",
-                "write",
-                "--uses",
-                "1",
-                "--reason",
-                "clean up from the operator's laptop",
-                "--json",
-                "--admin",
-                &admin,
-                "--state",
-                &state,
-            ],
-        ),
-        T,
-    );
-    assert!(granted.status.success(), "{}", describe(&granted));
-    let granted: serde_json::Value = serde_json::from_slice(&granted.stdout).expect("json");
+    let granted = cluster.grant("write", "1", "clean up from the operator's laptop");
     std::fs::write(&token_file, granted["token"].as_str().expect("token")).expect("token");
     let outside_config = |with_token: bool| {
         let mut c = std::process::Command::new(ENFORCER);
@@ -509,7 +536,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
             "--gateway",
             "--policy",
         ])
-        .arg(&policy)
+        .arg(policy)
         .arg("--state")
         .arg(&env.state)
         .arg("--grant-token")
@@ -593,5 +620,177 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
             .iter()
             .all(|s| s.authorization.as_deref() == Some("Bearer real-cluster-token")),
         "{seen:?}"
+    );
+}
+
+const STREAMS_CEDAR: &str = r#"
+@id("baseline-read")
+permit (principal, action in [Enforcer::Action::"k8s:get", Enforcer::Action::"k8s:list", Enforcer::Action::"k8s:watch"], resource)
+when { context.access == "read" };
+
+@id("streams-by-grant")
+permit (principal, action == Enforcer::Action::"k8s:create", resource)
+when { context.grant == "exec" && ["exec", "attach", "portforward"].contains(context.subresource) };
+
+@id("exec-grants")
+permit (principal, action == Enforcer::Action::"grant:request", resource)
+when { context.access == "exec" };
+"#;
+
+#[test]
+fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
+    let cluster = Cluster::start(STREAMS_CEDAR);
+    let exec = |args: &[&str], env: &[&str]| {
+        let mut all = vec!["exec", "web-0", "-n", "default"];
+        all.extend_from_slice(args);
+        cluster.kubectl(&all, env)
+    };
+
+    // Without a grant the stream is refused as RBAC would refuse it, naming the grant to ask
+    // for (kubectl's fallback to SPDY gets the same answer); the cluster sees no exec.
+    let refused = exec(&["--", "env"], &[]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("pods \"web-0\" is forbidden (subresource exec): enforcer: k8s:create (exec) on cluster denied")
+            && stderr(&refused).contains("enforcer grant request --resource cluster --access exec"),
+        "{}",
+        describe(&refused)
+    );
+    assert!(
+        !cluster.api.seen().iter().any(|s| s.path.ends_with("/exec")),
+        "{:?}",
+        cluster.api.seen()
+    );
+
+    // With a grant of four uses: kubectl's streams over WebSocket, stdin in and stdout back.
+    let granted = cluster.grant("exec", "4", "debug the web pod");
+    // SPDY, forced, is refused (its streams are not read, so not recorded); no use is taken.
+    let spdy = exec(&["--", "env"], &["KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"]);
+    assert!(!spdy.status.success());
+    assert!(
+        stderr(&spdy).contains("relayed over WebSocket only"),
+        "{}",
+        describe(&spdy)
+    );
+    let input = cluster.env.path().join("stdin");
+    std::fs::write(&input, "hello from kubectl\n").expect("stdin");
+    let cat = output_within(
+        cluster.cg.command(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "exec /usr/bin/kubectl --kubeconfig {} --cache-dir {} --request-timeout=20s exec -i web-0 -n default -- cat < {}",
+                    cluster.config.display(),
+                    cluster.cache.display(),
+                    input.display()
+                ),
+            ],
+        ),
+        T,
+    );
+    assert!(cat.status.success(), "{}", describe(&cat));
+    assert_eq!(stdout(&cat), "hello from kubectl\n", "{}", describe(&cat));
+    let ran = exec(&["--", "env"], &[]);
+    assert!(ran.status.success(), "{}", describe(&ran));
+    assert_eq!(stdout(&ran), "ran: env\n");
+
+    // The kube crate: exec with stdin, and a port-forward carrying bytes both ways.
+    let client = std::path::Path::new(ENFORCER)
+        .parent()
+        .expect("target dir")
+        .join("examples/kube_client");
+    let tool = cluster.env.path().join("kube_client");
+    std::fs::copy(&client, &tool).expect("copy kube_client (cargo build --example kube_client)");
+    let out = output_within(
+        cluster.cg.command(
+            tool.to_str().expect("utf-8"),
+            &[cluster.config.to_str().expect("utf-8"), "streams"],
+        ),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let steps: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(steps[0]["stdout"], "hello through kube\n", "{steps:?}");
+    assert_eq!(steps[0]["status"], "Success", "{steps:?}");
+    assert_eq!(steps[1]["echo"], "ping", "{steps:?}");
+
+    // The grant's four uses are spent: the next stream is refused.
+    let spent = exec(&["--", "env"], &[]);
+    assert!(!spent.status.success());
+    assert!(
+        stderr(&spent).contains("is forbidden"),
+        "{}",
+        describe(&spent)
+    );
+    let seen = cluster.api.seen();
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.path.ends_with("/exec") || s.path.ends_with("/portforward"))
+            .count(),
+        4,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.authorization.as_deref() == Some("Bearer real-cluster-token")),
+        "{seen:?}"
+    );
+
+    // Every message is in the audit chain, under the grant's decision.
+    let events: Vec<_> = read_json_lines(&cluster.env.state.join("audit.jsonl"))
+        .into_iter()
+        .map(|mut r| r["event"].take())
+        .collect();
+    let frame = |direction: &str, channel: &str, text: &str| {
+        events.iter().find(|e| {
+            e["kind"] == "stream_frame"
+                && e["direction"] == direction
+                && e["channel"] == channel
+                && e["text"] == text
+        })
+    };
+    let stdin = frame("to_container", "stdin", "hello from kubectl\n").expect("stdin recorded");
+    assert!(frame("from_container", "stdout", "hello from kubectl\n").is_some());
+    assert!(frame("from_container", "stdout", "ran: env\n").is_some());
+    assert!(frame("to_container", "stdin", "hello through kube\n").is_some());
+    assert!(frame("to_container", "port #0 data", "ping").is_some());
+    assert!(frame("from_container", "port #0 data", "ping").is_some());
+    let allowed = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "statement"
+                && e["action"] == "k8s:create"
+                && e["decision"] == "allow"
+                && e["grant"] == granted["id"]
+        })
+        .count();
+    assert_eq!(allowed, 4, "{events:#?}");
+    let connection = stdin["connection"].as_u64().expect("connection");
+    assert!(
+        events.iter().any(|e| e["kind"] == "statement_done"
+            && e["connection"] == connection
+            && e["tag"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("HTTP 101 v5.channel.k8s.io"))),
+        "{events:#?}"
+    );
+    let show = output_within(
+        {
+            let mut c = std::process::Command::new(ENFORCER);
+            c.args(["sessions", "show", &connection.to_string(), "--state"])
+                .arg(&cluster.env.state);
+            c
+        },
+        T,
+    );
+    assert!(show.status.success(), "{}", describe(&show));
+    assert!(
+        stdout(&show).contains("stream   → stdin 19 bytes  hello from kubectl\\n"),
+        "{}",
+        describe(&show)
     );
 }

@@ -164,6 +164,30 @@ fn show(id: u64, state: &std::path::Path, replay: bool) -> anyhow::Result<ExitCo
                     .as_str()
                     .map_or(String::new(), |e| format!(" · error: {}", clean(e)))
             ),
+            ("stream_frame", replay) => {
+                let content = event["text"]
+                    .as_str()
+                    .map_or_else(|| format!("(base64) {}", text("base64")), clean);
+                let truncated = if event["truncated"] == true {
+                    " …"
+                } else {
+                    ""
+                };
+                let arrow = if event["direction"] == "to_container" {
+                    "→"
+                } else {
+                    "←"
+                };
+                if replay {
+                    println!("-- {arrow} {}: {content}{truncated}", text("channel"));
+                } else {
+                    println!(
+                        "{at}  stream   {arrow} {} {} bytes  {content}{truncated}",
+                        text("channel"),
+                        event["bytes"]
+                    );
+                }
+            }
             ("connection_closed", false) => println!(
                 "{at}  closed   {} bytes to the server, {} to the client, {} ms{}",
                 event["bytes_to_upstream"],

@@ -95,7 +95,7 @@ pub trait ProtocolHandler: Send + Sync {
         &'a self,
         ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
-        client: &'a mut TcpStream,
+        client: TcpStream,
         resource: &'a Resource,
     ) -> HandlerFuture<'a>;
 }
@@ -108,11 +108,11 @@ impl ProtocolHandler for PassThrough {
         &'a self,
         _ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
-        client: &'a mut TcpStream,
+        mut client: TcpStream,
         resource: &'a Resource,
     ) -> HandlerFuture<'a> {
         let upstream: SocketAddr = resource.upstream_for(conn.orig_dst);
-        Box::pin(relay(client, upstream))
+        Box::pin(async move { relay(&mut client, upstream).await })
     }
 }
 

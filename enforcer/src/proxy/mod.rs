@@ -397,7 +397,7 @@ impl Proxy {
                     token: None,
                 };
                 protocol::handler_for(resource.protocol)
-                    .serve(&ctx, &conn, &mut stream, resource)
+                    .serve(&ctx, &conn, stream, resource)
                     .await
             }
         };

@@ -135,6 +135,29 @@ pub struct StatementDone {
     pub error: Option<String>,
 }
 
+/// One message of a stream into a container (exec, attach, port-forward) as relayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFrame {
+    pub connection: u64,
+    pub resource: String,
+    /// `to_container` or `from_container`.
+    pub direction: String,
+    /// `stdin`, `stdout`, `stderr`, `error`, `resize`, `close`, `port N`, … (from the
+    /// stream's subprotocol), or `data` where the subprotocol has no channels.
+    pub channel: String,
+    /// Size of the content, whole, even when only its start is kept.
+    pub bytes: u64,
+    /// The content, when it is UTF-8, with what the resource's detectors find masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The content, when it is not UTF-8, in base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Whether only the start of the content is kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
@@ -144,6 +167,7 @@ pub enum Event {
     ConnectionClosed(ConnectionClosed),
     Grant(GrantEvent),
     Approval(ApprovalEvent),
+    StreamFrame(StreamFrame),
 }
 
 impl Event {
@@ -244,6 +268,17 @@ impl Event {
                 policies = %e.policies.join(","),
                 detail = e.detail.as_deref().unwrap_or(""),
                 "grant {}", e.action
+            ),
+            // Content stays in the audit log: the enforcement log says that data flowed.
+            Event::StreamFrame(e) => tracing::debug!(
+                target: "enforcer::decision",
+                event = "stream_frame",
+                connection = e.connection,
+                resource = %e.resource,
+                direction = %e.direction,
+                channel = %e.channel,
+                bytes = e.bytes,
+                "stream frame"
             ),
             Event::Approval(e) => tracing::info!(
                 target: "enforcer::decision",

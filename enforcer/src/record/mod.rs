@@ -7,7 +7,7 @@ mod event;
 
 pub use event::{
     ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process,
-    StatementDecided, StatementDone,
+    StatementDecided, StatementDone, StreamFrame,
 };
 
 use std::sync::{

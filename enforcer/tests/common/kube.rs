@@ -111,6 +111,7 @@ impl ApiServer {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -169,6 +170,7 @@ fn secret(name: &str) -> Value {
 fn pod(name: &str) -> Value {
     json!({"kind": "Pod", "apiVersion": "v1",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
         "status": {"phase": "Running"}})
 }
 
@@ -198,6 +200,135 @@ fn config_map(name: &str) -> Value {
         "data": {"password": SECRET_VALUE, "username": "YXBw"}})
 }
 
+/// The first channel subprotocol the client offers that the double speaks.
+fn channel_protocol(req: &Request<Incoming>) -> Option<&'static str> {
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+        .into_iter()
+        .find(|p| offered.contains(p))
+}
+
+/// exec, attach and port-forward over WebSocket, as the kubelet would answer them through
+/// the API server: `exec` of `cat` echoes stdin to stdout until stdin closes, any other
+/// command prints `ran: <command>`; port-forward echoes each port's data back.
+fn stream_answer(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{
+        Message,
+        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+    };
+    let (Some(protocol), Some(key)) = (
+        channel_protocol(&req),
+        req.headers().get(header::SEC_WEBSOCKET_KEY).cloned(),
+    ) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "unsupported stream protocol", "reason": "BadRequest", "code": 400}),
+        );
+    };
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let port_forward = req.uri().path().ends_with("/portforward");
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let command: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let port: u16 = pairs
+        .iter()
+        .find(|(k, _)| k == "ports")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let frame = |channel: u8, data: &[u8]| {
+            let mut b = vec![channel];
+            b.extend_from_slice(data);
+            Message::Binary(b.into())
+        };
+        if port_forward {
+            let _ = ws.send(frame(0, &port.to_le_bytes())).await;
+            let _ = ws.send(frame(1, &port.to_le_bytes())).await;
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Binary(b) if b.first() == Some(&0) && b.len() > 1 => {
+                        let _ = ws.send(frame(0, &b[1..])).await;
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            return;
+        }
+        if command.first().map(String::as_str) == Some("cat") {
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Binary(b) if b.first() == Some(&0) => {
+                        let _ = ws.send(frame(1, &b[1..])).await;
+                    }
+                    // v5: the client closed stdin.
+                    Message::Binary(b) if b.as_ref() == [255, 0] => break,
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        } else {
+            let _ = ws
+                .send(frame(1, format!("ran: {}\n", command.join(" ")).as_bytes()))
+                .await;
+        }
+        let _ = ws
+            .send(frame(3, br#"{"metadata":{},"status":"Success"}"#))
+            .await;
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static(protocol),
+    );
+    if let Ok(accept) = header::HeaderValue::from_str(
+        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    ) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    r
+}
+
 fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -211,6 +342,15 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Respo
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade
+        && (path.ends_with("/exec") || path.ends_with("/attach") || path.ends_with("/portforward"))
+    {
+        return stream_answer(req);
+    }
     let wants_table = req
         .headers()
         .get(header::ACCEPT)
@@ -287,6 +427,9 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Respo
                 .map(|i| config_map(&format!("config-{i}")))
                 .collect();
             json_response(ok, list("ConfigMapList", maps))
+        }
+        ("GET", p) if p.starts_with("/api/v1/namespaces/default/pods/web-") => {
+            json_response(ok, pod(&p["/api/v1/namespaces/default/pods/".len()..]))
         }
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
             json_response(ok, secret("db-creds"))

@@ -379,7 +379,10 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(name: &str) -> TestCgroup {
         let root = enforcer::redirect::cgroup::find_cgroup2_root().expect("cgroup v2 mounted");
-        let path = root.join(format!("enforcer-test-{name}-{}", std::process::id()));
+        // Tests of one binary run in parallel threads: the counter keeps their cgroups apart.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = root.join(format!("enforcer-test-{name}-{}-{n}", std::process::id()));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TestCgroup { path }
     }

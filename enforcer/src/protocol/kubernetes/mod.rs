@@ -10,6 +10,7 @@ pub mod request;
 mod review;
 mod session;
 pub mod status;
+mod stream;
 
 use tokio::net::TcpStream;
 
@@ -44,7 +45,7 @@ impl ProtocolHandler for Kubernetes {
         &'a self,
         ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
-        client: &'a mut TcpStream,
+        client: TcpStream,
         resource: &'a Resource,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {

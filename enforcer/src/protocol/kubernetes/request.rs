@@ -184,6 +184,11 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<ApiRequest
     if name.is_empty() && verb == "delete" {
         verb = "deletecollection".to_owned();
     }
+    // A stream into a container is opened with GET over WebSocket or POST over SPDY; the API
+    // server authorizes both as `create` (pods/exec), and so does enforcer.
+    if verb == "get" && CONNECT.contains(&subresource) {
+        verb = "create".to_owned();
+    }
     Ok(ApiRequest {
         verb,
         kind: Kind::Resource {
@@ -325,6 +330,14 @@ mod tests {
                 Some("command=ls")
             )),
             ("create", "", "pods", "exec", "default", "web-0")
+        );
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/namespaces/default/pods/web-0/portforward",
+                Some("ports=80")
+            )),
+            ("create", "", "pods", "portforward", "default", "web-0")
         );
         assert_eq!(
             resource(&r("GET", "/api/v1/namespaces/default", None)),

@@ -3,7 +3,8 @@
 //! HTTP/1.1 request the way the API server will ([`super::request`]), decides it with the
 //! Cedar policies and the workload's grants, and forwards what is allowed over its own
 //! verified TLS connection with the injected credential — the workload's `Authorization`
-//! header never leaves enforcer. What comes back from `secrets` is redacted.
+//! header never leaves enforcer. What comes back from `secrets` is redacted; a stream into a
+//! container, once allowed, is relayed and recorded by [`super::stream`].
 
 use std::{
     convert::Infallible,
@@ -25,7 +26,7 @@ use tokio::{net::TcpStream, sync::Mutex};
 use super::{
     K8sError, redact,
     request::{ApiRequest, Kind, RequestError, parse},
-    review, status,
+    review, status, stream,
 };
 use crate::{
     grant::{GrantError, TokenError},
@@ -63,7 +64,7 @@ const NOT_FORWARDED: [&str; 9] = [
 pub async fn run(
     ctx: &HandlerContext<'_>,
     conn: &Connection,
-    client: &mut TcpStream,
+    client: TcpStream,
     resource: &Resource,
 ) -> Result<(), K8sError> {
     let authority = ctx.shared.tls.as_deref().ok_or(K8sError::NoAuthority)?;
@@ -96,17 +97,30 @@ pub async fn run(
         ctx,
         conn,
         resource,
+        addr,
         upstream: Mutex::new(upstream),
         bearer,
+        streams: std::sync::Mutex::new(Vec::new()),
     };
     let service = hyper::service::service_fn(|req| session.handle(req));
-    hyper::server::conn::http1::Builder::new()
+    let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 << 10)
         .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades()
         .await
-        .map_err(|e| K8sError::Http(e.to_string()))
+        .map_err(|e| K8sError::Http(e.to_string()));
+    // A connection switched to a stream ends its HTTP life here; the stream goes on.
+    let streams = std::mem::take(&mut *lock(&session.streams));
+    for stream in streams {
+        stream.await;
+    }
+    served
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The connection to the real API server, opened once per workload connection.
@@ -124,11 +138,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
+type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
+
 impl Upstream {
     async fn connect(
         resource: &Resource,
         addr: std::net::SocketAddr,
     ) -> Result<Upstream, K8sError> {
+        let (stream, authority) = Upstream::tls(resource, addr).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream API connection ended");
+            }
+        });
+        Ok(Upstream {
+            sender,
+            authority,
+            _driver: AbortOnDrop(driver),
+        })
+    }
+
+    /// A verified TLS connection to the API server, and the authority to name it by.
+    async fn tls(
+        resource: &Resource,
+        addr: std::net::SocketAddr,
+    ) -> Result<(UpstreamTls, HeaderValue), K8sError> {
         let tls = resource.upstream_tls.as_ref().ok_or_else(|| {
             K8sError::Upstream(format!(
                 "{} has no upstream_tls: enforcer speaks to API servers over verified TLS",
@@ -145,34 +182,29 @@ impl Upstream {
             .await
             .map_err(|_| K8sError::Upstream(format!("TLS handshake with {addr} timed out")))?
             .map_err(|e| K8sError::Upstream(format!("TLS with {addr}: {e}")))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream API connection ended");
-            }
-        });
         let authority = HeaderValue::from_str(
             &tls.server_name
                 .clone()
                 .map_or_else(|| addr.to_string(), |n| format!("{n}:{}", addr.port())),
         )
         .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        Ok(Upstream {
-            sender,
-            authority,
-            _driver: AbortOnDrop(driver),
-        })
+        Ok((stream, authority))
     }
 }
+
+type StreamFuture<'a> = Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 struct Session<'a> {
     ctx: &'a HandlerContext<'a>,
     conn: &'a Connection,
     resource: &'a Resource,
+    /// The API server's address.
+    addr: std::net::SocketAddr,
     upstream: Mutex<Upstream>,
     bearer: HeaderValue,
+    /// A stream (exec, attach, port-forward) the connection switched to, relayed once the
+    /// HTTP exchange that opened it is over.
+    streams: std::sync::Mutex<Vec<StreamFuture<'a>>>,
 }
 
 fn full(status: StatusCode, body: serde_json::Value) -> Response<Body> {
@@ -273,6 +305,33 @@ impl Session<'_> {
         if is_review(&request) {
             return Ok(self.review(ctx, req, &text).await);
         }
+        let upgrade = stream::upgrade_of(req.headers());
+        if let Some(stream::Upgrade::Other(asked)) = &upgrade
+            && is_into_container(&request)
+        {
+            return Ok(self
+                .refuse_transport(ctx, &request, &action, &text, asked)
+                .await);
+        }
+        if upgrade.is_some() && !is_into_container(&request) {
+            let refusal = "enforcer: only exec, attach and portforward may switch protocols; ask for this over plain HTTP".to_owned();
+            let _ = self
+                .record(
+                    ctx,
+                    &action,
+                    &text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(refusal.clone()),
+                )
+                .await;
+            return Ok(full(
+                StatusCode::FORBIDDEN,
+                status::forbidden(&request, &refusal),
+            ));
+        }
         match self.decide(ctx, &request, &action, &text).await {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
@@ -290,32 +349,15 @@ impl Session<'_> {
                 ));
             }
         }
-        if is_upgrade(req.headers()) {
-            // Streams into containers (exec, attach, portforward) are not relayed yet.
-            let message = "enforcer does not relay exec, attach or port-forward streams yet";
-            let _ = self
-                .record(
-                    ctx,
-                    &action,
-                    &text,
-                    "deny",
-                    Vec::new(),
-                    None,
-                    None,
-                    Some(message.into()),
-                )
-                .await;
-            return Ok(full(
-                StatusCode::FORBIDDEN,
-                status::forbidden(&request, message),
-            ));
+        if upgrade.is_some() {
+            return Ok(self.open_stream(req, &request, started).await);
         }
         let redacting = needs_redaction(&request, &self.resource.masking);
         let watch = request.verb == "watch";
         let response = match self.forward(req, redacting).await {
             Ok(r) => r,
             Err(e) => {
-                self.done(&text, 502, started, Some(e.to_string())).await;
+                self.done(502, started, Some(e.to_string())).await;
                 return Ok(failure(
                     StatusCode::BAD_GATEWAY,
                     "ServiceUnavailable",
@@ -335,7 +377,7 @@ impl Session<'_> {
             match redact_whole(response, &self.resource.masking).await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.done(&text, 502, started, Some(e.clone())).await;
+                    self.done(502, started, Some(e.clone())).await;
                     return Ok(failure(
                         StatusCode::BAD_GATEWAY,
                         "InternalError",
@@ -346,7 +388,7 @@ impl Session<'_> {
                 }
             }
         };
-        self.done(&text, code, started, None).await;
+        self.done(code, started, None).await;
         Ok(response)
     }
 
@@ -418,11 +460,7 @@ impl Session<'_> {
         .await
         .map_err(|e| K8sError::Decision(e.to_string()))?;
         if !outcome.allowed {
-            let hint = outcome.grant_hint(&self.resource.name, access.as_str());
-            let message = format!(
-                "enforcer: {action} ({access}) on {} denied: {}{hint}",
-                self.resource.name, outcome.why
-            );
+            let message = self.denial(action, access.as_str(), &outcome);
             self.record(
                 ctx,
                 action,
@@ -483,6 +521,62 @@ impl Session<'_> {
         )
         .await?;
         Ok(Ok(()))
+    }
+
+    /// The 403 message for a request the policy refuses: the rule, and the grant that would
+    /// allow it when there is one.
+    fn denial(&self, action: &str, access: &str, outcome: &decision::Outcome) -> String {
+        let hint = outcome.grant_hint(&self.resource.name, access);
+        format!(
+            "enforcer: {action} ({access}) on {} denied: {}{hint}",
+            self.resource.name, outcome.why
+        )
+    }
+
+    /// Refuses a stream into a container asked for over another transport than WebSocket
+    /// (SPDY): its streams are not read, so not recorded. The policy's own refusal is named
+    /// first when there is one (kubectl falls back to SPDY after any failed WebSocket), and
+    /// no grant use is taken either way.
+    async fn refuse_transport(
+        &self,
+        ctx: &HandlerContext<'_>,
+        request: &ApiRequest,
+        action: &str,
+        text: &str,
+        asked: &str,
+    ) -> Response<Body> {
+        let access = request.access();
+        let outcome = decision::decide(
+            ctx,
+            self.resource,
+            action,
+            access.as_str(),
+            |grant| context(request, grant),
+            false,
+        )
+        .await;
+        let (why, policies) = match outcome {
+            Ok(o) if !o.allowed => (self.denial(action, access.as_str(), &o), o.policies),
+            _ => (
+                format!(
+                    "enforcer: streams into containers are relayed over WebSocket only, where each message is recorded; this client asked for {asked:?} (kubectl 1.30 and later, client-go and kube use WebSocket)"
+                ),
+                Vec::new(),
+            ),
+        };
+        let _ = self
+            .record(
+                ctx,
+                action,
+                text,
+                "deny",
+                policies,
+                None,
+                None,
+                Some(why.clone()),
+            )
+            .await;
+        full(StatusCode::FORBIDDEN, status::forbidden(request, &why))
     }
 
     /// Answers `kubectl auth can-i` from enforcer's own policies and the workload's grants
@@ -595,8 +689,29 @@ impl Session<'_> {
         req: Request<Incoming>,
         redacting: bool,
     ) -> Result<Response<Incoming>, K8sError> {
-        let (parts, body) = req.into_parts();
         let mut upstream = self.upstream.lock().await;
+        let request = self.upstream_request(req, &upstream.authority, redacting)?;
+        upstream
+            .sender
+            .ready()
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        upstream
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| K8sError::Upstream(e.to_string()))
+    }
+
+    /// The client's request as enforcer sends it on: its own hop headers and credential in
+    /// place of the client's, and, when the answer must be read, JSON asked for.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        authority: &HeaderValue,
+        redacting: bool,
+    ) -> Result<Request<Incoming>, K8sError> {
+        let (parts, body) = req.into_parts();
         let mut builder = Request::builder().method(parts.method).uri(
             parts
                 .uri
@@ -612,7 +727,7 @@ impl Session<'_> {
                 headers.append(name, value.clone());
             }
         }
-        headers.insert(header::HOST, upstream.authority.clone());
+        headers.insert(header::HOST, authority.clone());
         headers.insert(header::AUTHORIZATION, self.bearer.clone());
         if redacting {
             // What enforcer must read: JSON, uncompressed (Table or plain, as asked).
@@ -635,19 +750,116 @@ impl Session<'_> {
             );
             headers.remove(header::ACCEPT_ENCODING);
         }
-        let request = builder
+        builder
             .body(body)
-            .map_err(|e| K8sError::Http(e.to_string()))?;
-        upstream
-            .sender
-            .ready()
+            .map_err(|e| K8sError::Http(e.to_string()))
+    }
+
+    /// Opens the stream the client asked for (already decided) on a connection of its own to
+    /// the API server, hands the client the server's answer, and, when that is `101
+    /// Switching Protocols`, queues the relay of the stream for when the exchange is over.
+    async fn open_stream(
+        &self,
+        mut req: Request<Incoming>,
+        request: &ApiRequest,
+        started: Instant,
+    ) -> Response<Body> {
+        let on_client = hyper::upgrade::on(&mut req);
+        let port_forward = matches!(&request.kind, Kind::Resource { subresource, .. } if subresource == "portforward");
+        let (mut response, driver) = match self.send_upgrade(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.done(502, started, Some(e.to_string())).await;
+                return failure(
+                    StatusCode::BAD_GATEWAY,
+                    "ServiceUnavailable",
+                    format!(
+                        "enforcer: the API server of {} did not answer: {e}",
+                        self.resource.name
+                    ),
+                );
+            }
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.done(response.status().as_u16(), started, None).await;
+            return response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+        }
+        let subprotocol = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let on_upstream = hyper::upgrade::on(&mut response);
+        let mut switch = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|e: Infallible| -> BoxError { match e {} })
+                .boxed(),
+        );
+        *switch.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for name in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ] {
+            for value in response.headers().get_all(&name) {
+                switch.headers_mut().append(&name, value.clone());
+            }
+        }
+        let (ctx, conn, resource) = (self.ctx, self.conn, self.resource);
+        let relay = async move {
+            let _driver = driver;
+            let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
+                Ok(both) => both,
+                Err(e) => {
+                    let error = Some(format!("the stream did not open: {e}"));
+                    finished(ctx, conn, resource, "HTTP 101".into(), started, error).await;
+                    return;
+                }
+            };
+            let record = stream::StreamRecord {
+                recorder: ctx.recorder,
+                connection: conn.id,
+                resource,
+                subprotocol,
+                port_forward,
+            };
+            let summary = stream::relay(client, upstream, &record).await;
+            let tag = format!(
+                "HTTP 101 {}: {} bytes to the container, {} from it",
+                record.subprotocol, summary.to_container, summary.from_container
+            );
+            finished(ctx, conn, resource, tag, started, summary.error).await;
+        };
+        lock(&self.streams).push(Box::pin(relay));
+        switch
+    }
+
+    async fn send_upgrade(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, AbortOnDrop), K8sError> {
+        let (stream, authority) = Upstream::tls(self.resource, self.addr).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        upstream
-            .sender
+        let driver = AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream stream connection ended");
+            }
+        }));
+        let mut request = self.upstream_request(req, &authority, false)?;
+        let headers = request.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // enforcer's WebSocket speaks no extensions (compression would hide the content).
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        let response = sender
             .send_request(request)
             .await
-            .map_err(|e| K8sError::Upstream(e.to_string()))
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        Ok((response, driver))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -690,29 +902,47 @@ impl Session<'_> {
             .map_err(|_| K8sError::Recorder)
     }
 
-    async fn done(&self, _text: &str, code: u16, started: Instant, error: Option<String>) {
-        let duration = started.elapsed();
-        self.ctx
-            .metrics
-            .upstream_seconds
-            .get_or_create(&crate::metrics::ResourceLabels {
-                resource: self.resource.name.clone(),
-            })
-            .observe(duration.as_secs_f64());
-        let _ = self
-            .ctx
-            .recorder
-            .record(Event::StatementDone(StatementDone {
-                connection: self.conn.id,
-                resource: self.resource.name.clone(),
-                tag: format!("HTTP {code}"),
-                rows_returned: 0,
-                rows_affected: None,
-                duration_us: duration.as_micros() as u64,
-                error,
-            }))
-            .await;
+    async fn done(&self, code: u16, started: Instant, error: Option<String>) {
+        finished(
+            self.ctx,
+            self.conn,
+            self.resource,
+            format!("HTTP {code}"),
+            started,
+            error,
+        )
+        .await;
     }
+}
+
+/// Records how an allowed request ended (for a stream: when it closed).
+async fn finished(
+    ctx: &HandlerContext<'_>,
+    conn: &Connection,
+    resource: &Resource,
+    tag: String,
+    started: Instant,
+    error: Option<String>,
+) {
+    let duration = started.elapsed();
+    ctx.metrics
+        .upstream_seconds
+        .get_or_create(&crate::metrics::ResourceLabels {
+            resource: resource.name.clone(),
+        })
+        .observe(duration.as_secs_f64());
+    let _ = ctx
+        .recorder
+        .record(Event::StatementDone(StatementDone {
+            connection: conn.id,
+            resource: resource.name.clone(),
+            tag,
+            rows_returned: 0,
+            rows_affected: None,
+            duration_us: duration.as_micros() as u64,
+            error,
+        }))
+        .await;
 }
 
 /// The Cedar context of a request, with the access level of the grant being tried.
@@ -748,12 +978,11 @@ fn is_review(request: &ApiRequest) -> bool {
             if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews")
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        || headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
-        })
+/// Whether the request opens a stream into a container — the only requests that may switch
+/// protocols (a watch over WebSocket would otherwise escape redaction).
+fn is_into_container(request: &ApiRequest) -> bool {
+    matches!(&request.kind, Kind::Resource { subresource, .. }
+        if matches!(subresource.as_str(), "exec" | "attach" | "portforward"))
 }
 
 /// Resources whose objects carry a pod spec (and so environment variables).

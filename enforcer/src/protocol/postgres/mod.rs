@@ -112,12 +112,12 @@ impl ProtocolHandler for Postgres {
         &'a self,
         ctx: &'a HandlerContext<'a>,
         conn: &'a Connection,
-        client: &'a mut TcpStream,
+        mut client: TcpStream,
         resource: &'a Resource,
     ) -> HandlerFuture<'a> {
         Box::pin(async move {
             let mut stats = RelayStats::default();
-            match session::run(ctx, conn, client, resource, &mut stats).await {
+            match session::run(ctx, conn, &mut client, resource, &mut stats).await {
                 Ok(()) => Ok(stats),
                 Err(e) => Err(RelayError::Protocol {
                     protocol: "postgres",
