@@ -58,6 +58,12 @@ struct Cluster {
 
 impl Cluster {
     fn start(cedar: &str) -> Cluster {
+        Cluster::start_with(cedar, false)
+    }
+
+    /// `client_certificate`: enforcer authenticates with the double's client certificate
+    /// instead of a bearer token.
+    fn start_with(cedar: &str, client_certificate: bool) -> Cluster {
         let env = Env::new();
         let api = kube::ApiServer::start();
         let gateway = free_port();
@@ -65,12 +71,21 @@ impl Cluster {
         std::fs::create_dir_all(&policy).expect("mkdir");
         let token = env.path().join("cluster-token");
         std::fs::write(&token, "real-cluster-token\n").expect("token");
+        let credential = if client_certificate {
+            format!(
+                "{{client_certificate: {}, client_key: {}}}",
+                api.client_certificate.display(),
+                api.client_key.display()
+            )
+        } else {
+            format!("{{file: {}}}", token.display())
+        };
         std::fs::write(
             policy.join("cluster.yaml"),
             format!(
-                "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {{file: {}}}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
+                "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
                 api.port,
-                token.display(),
+                credential,
                 api.ca.display(),
                 gateway,
             ),
@@ -227,6 +242,42 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     assert_eq!(
         text.matches("W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==").count(),
         6,
+        "{text}"
+    );
+    assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+
+    // HTTP/2 (what kubectl negotiates too): curl sends two requests at once on one
+    // connection; both are decided and answered, the Secret list redacted.
+    let base = format!("https://127.0.0.1:{}/api/v1/namespaces/default", api.port);
+    let ca = env.state.join("ca.pem");
+    let h2 = output_within(
+        cg.command(
+            "curl",
+            &[
+                "-sS",
+                "--http2",
+                "--parallel",
+                "--cacert",
+                ca.to_str().expect("utf-8"),
+                "-H",
+                "Authorization: Bearer stale-cluster-admin-token",
+                "-w",
+                "\n%{http_version} %{response_code} %{num_connects}\n",
+                &format!("{base}/pods"),
+                &format!("{base}/secrets"),
+            ],
+        ),
+        T,
+    );
+    assert!(h2.status.success(), "{}", describe(&h2));
+    let text = stdout(&h2);
+    // One connection for both: the second request was a stream of the first's connection.
+    assert!(
+        text.contains("\n2 200 1\n") && text.contains("\n2 200 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"PodList\"") && text.contains("\"SecretList\""),
         "{text}"
     );
     assert!(!text.contains(kube::SECRET_VALUE), "{text}");
@@ -792,5 +843,22 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
         stdout(&show).contains("stream   → stdin 19 bytes  hello from kubectl\\n"),
         "{}",
         describe(&show)
+    );
+}
+
+#[test]
+fn a_client_certificate_can_be_the_injected_credential() {
+    let cluster = Cluster::start_with(CEDAR, true);
+    let pods = cluster.kubectl(&["get", "pods", "-n", "default"], &[]);
+    assert!(pods.status.success(), "{}", describe(&pods));
+    assert!(stdout(&pods).contains("web-0"), "{}", describe(&pods));
+    // The cluster authenticated enforcer by its certificate; no token at all was sent (the
+    // agent's stale one least of all).
+    let seen = cluster.api.seen();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|s| s.client_certificate && s.authorization.is_none()),
+        "{seen:?}"
     );
 }

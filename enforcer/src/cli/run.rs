@@ -84,7 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|r| match &r.credential.as_ref()?.source {
             CredentialSource::Env(name) => Some(name.clone()),
-            CredentialSource::File(_) => None,
+            CredentialSource::File(_) | CredentialSource::ClientCertificate { .. } => None,
         })
         .collect();
     // Unique across time on this host (pids are reused): grants are bound to it.

@@ -140,6 +140,13 @@ pub struct CredentialSpec {
     /// User name presented upstream with the secret, where the protocol has one.
     #[serde(default)]
     pub username: Option<String>,
+    /// PEM certificate (chain) enforcer presents to a Kubernetes API server, with
+    /// `client_key`, instead of a bearer token.
+    #[serde(default)]
+    pub client_certificate: Option<Spanned<String>>,
+    /// PEM private key of `client_certificate`.
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -108,6 +108,11 @@ impl Protocol {
 pub enum CredentialSource {
     Env(String),
     File(PathBuf),
+    /// A client certificate (PEM chain) and its key (Kubernetes API servers).
+    ClientCertificate {
+        certificate: PathBuf,
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +140,9 @@ impl Credential {
                         e.kind()
                     )
                 }),
+            CredentialSource::ClientCertificate { .. } => Err(format!(
+                "the credential of {resource} is a client certificate, not a secret"
+            )),
         }
     }
 }
@@ -666,7 +674,7 @@ impl Validator {
             .as_ref()
             .and_then(|u| self.socket_addr(u, "upstream"));
         let credential = match (&spec.credential, protocol) {
-            (Some(cred), _) => self.credential(cred),
+            (Some(cred), _) => self.credential(cred, protocol),
             (None, Some(p)) if p.needs_credential() => {
                 self.error(
                     spec.name.referenced,
@@ -791,7 +799,7 @@ impl Validator {
             );
             return None;
         }
-        match crate::tls::upstream_config(ca.as_ref().map(|(_, p)| p.as_path()), &[]) {
+        match crate::tls::upstream_config(ca.as_ref().map(|(_, p)| p.as_path()), &[], None) {
             Ok(config) => Some(UpstreamTls {
                 ca: ca.map(|(_, p)| p),
                 server_name: server_name.map(|(_, n)| n),
@@ -854,25 +862,57 @@ impl Validator {
         profile
     }
 
-    fn credential(&mut self, cred: &Spanned<file::CredentialSpec>) -> Option<Credential> {
-        let source = match (&cred.value.env, &cred.value.file) {
-            (Some(env), None) if !env.value.trim().is_empty() => {
-                CredentialSource::Env(env.value.trim().to_owned())
+    fn credential(
+        &mut self,
+        cred: &Spanned<file::CredentialSpec>,
+        protocol: Option<Protocol>,
+    ) -> Option<Credential> {
+        let given = |v: &Option<Spanned<String>>| {
+            v.as_ref()
+                .map(|s| s.value.trim())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let spec = &cred.value;
+        let source = match (
+            given(&spec.env),
+            given(&spec.file),
+            given(&spec.client_certificate),
+            given(&spec.client_key),
+        ) {
+            (Some(env), None, None, None) => CredentialSource::Env(env),
+            (None, Some(file), None, None) => CredentialSource::File(PathBuf::from(file)),
+            (None, None, Some(certificate), Some(key)) => {
+                if protocol.is_some_and(|p| p != Protocol::Kubernetes) {
+                    self.error(
+                        cred.referenced,
+                        "client certificates are presented to Kubernetes API servers only; use `env` or `file` for this protocol",
+                    );
+                    return None;
+                }
+                CredentialSource::ClientCertificate {
+                    certificate: PathBuf::from(certificate),
+                    key: PathBuf::from(key),
+                }
             }
-            (None, Some(file)) if !file.value.trim().is_empty() => {
-                CredentialSource::File(PathBuf::from(file.value.trim()))
-            }
-            (Some(_), Some(_)) => {
+            (None, None, Some(_), None) | (None, None, None, Some(_)) => {
                 self.error(
                     cred.referenced,
-                    "credential takes exactly one of `env` or `file`",
+                    "a client certificate needs both `client_certificate: PATH` and `client_key: PATH`",
+                );
+                return None;
+            }
+            (None, None, None, None) => {
+                self.error(
+                    cred.referenced,
+                    "credential source is missing: give `env: VAR`, `file: PATH`, or `client_certificate` with `client_key`",
                 );
                 return None;
             }
             _ => {
                 self.error(
                     cred.referenced,
-                    "credential source is missing: give `env: VAR` or `file: PATH`",
+                    "credential takes exactly one source: `env`, `file`, or `client_certificate` with `client_key`",
                 );
                 return None;
             }

@@ -100,6 +100,34 @@ fn credential_needs_exactly_one_source() {
     assert!(errs[0].contains("credential source is missing"), "{errs:?}");
     let errs = errors(&format!("{base}    credential: {{env: A, file: /b}}\n"));
     assert!(errs[0].contains("exactly one"), "{errs:?}");
+    let errs = errors(&format!(
+        "{base}    credential: {{client_certificate: /c.pem, client_key: /k.pem}}\n"
+    ));
+    assert!(
+        errs[0].contains("client certificates are presented to Kubernetes API servers only"),
+        "{errs:?}"
+    );
+    let cluster = "resources:\n  - name: k\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:6443\"]\n    upstream_tls: {}\n";
+    let errs = errors(&format!(
+        "{cluster}    credential: {{client_certificate: /c.pem}}\n"
+    ));
+    assert!(errs[0].contains("needs both"), "{errs:?}");
+    let errs = errors(&format!(
+        "{cluster}    credential: {{file: /t, client_certificate: /c.pem, client_key: /k.pem}}\n"
+    ));
+    assert!(errs[0].contains("exactly one source"), "{errs:?}");
+    let policy = Policy::from_sources(&[(
+        PathBuf::from("k.yaml"),
+        format!("{cluster}    credential: {{client_certificate: /c.pem, client_key: /k.pem}}\n"),
+    )])
+    .expect("a client certificate is a kubernetes credential");
+    assert_eq!(
+        policy.resources[0].credential.as_ref().map(|c| &c.source),
+        Some(&CredentialSource::ClientCertificate {
+            certificate: PathBuf::from("/c.pem"),
+            key: PathBuf::from("/k.pem"),
+        })
+    );
 }
 
 #[test]

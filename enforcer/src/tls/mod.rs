@@ -37,6 +37,8 @@ pub enum TlsError {
     Issue { name: String, message: String },
     #[error("trusted CA file {path}: {message}")]
     TrustFile { path: PathBuf, message: String },
+    #[error("client certificate {path}: {message}")]
+    Identity { path: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -169,7 +171,8 @@ impl Authority {
         alpn: &[&[u8]],
     ) -> Result<Arc<ServerConfig>, TlsError> {
         let name = sni.map_or_else(|| addr.to_string(), str::to_ascii_lowercase);
-        let key = format!("{name}|{}", alpn.len());
+        let protocols: Vec<_> = alpn.iter().map(|p| String::from_utf8_lossy(p)).collect();
+        let key = format!("{name}|{}", protocols.join(","));
         {
             let leaves = match self.leaves.lock() {
                 Ok(l) => l,
@@ -244,9 +247,41 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// A client certificate and its key, presented to a server that authenticates clients by
+/// certificate (a Kubernetes API server's `--client-ca-file`).
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads the certificate chain and key, PEM, from the files the policy names (at each
+    /// use, so a rotated certificate is picked up).
+    pub fn read(certificate: &Path, key: &Path) -> Result<Identity, TlsError> {
+        let fail = |path: &Path, message: String| TlsError::Identity {
+            path: path.to_owned(),
+            message,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+            .map_err(|e| fail(certificate, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(certificate, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(fail(certificate, "no certificate in it".into()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| fail(key, e.to_string()))?;
+        Ok(Identity { chain, key })
+    }
+}
+
 /// A verifying client configuration toward a real server: trusting the CA file the policy
-/// names, or the system's roots.
-pub fn upstream_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+/// names, or the system's roots; presenting `identity` when the server authenticates clients
+/// by certificate.
+pub fn upstream_config(
+    ca_file: Option<&Path>,
+    alpn: &[&[u8]],
+    identity: Option<Identity>,
+) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -273,10 +308,13 @@ pub fn upstream_config(ca_file: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientC
             }
         }
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(Identity { chain, key }) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -318,7 +356,7 @@ mod tests {
         let server = authority
             .server_config(Some("db.internal"), "127.0.0.1".parse().expect("ip"), &[])
             .expect("issue");
-        let client = upstream_config(Some(ca), &[]).expect("client");
+        let client = upstream_config(Some(ca), &[], None).expect("client");
         let mut client = rustls::ClientConnection::new(
             Arc::new(client),
             ServerName::try_from("db.internal").expect("name"),

@@ -19,12 +19,18 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
+    /// Whether the connection presented a client certificate of the cluster's CA.
+    pub client_certificate: bool,
 }
 
 pub struct ApiServer {
     pub port: u16,
     /// The CA its certificate chains to (for the policy's `upstream_tls`).
     pub ca: PathBuf,
+    /// A client certificate (and key) the cluster authenticates, for a policy's
+    /// `credential: {client_certificate, client_key}`.
+    pub client_certificate: PathBuf,
+    pub client_key: PathBuf,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     _dir: tempfile::TempDir,
     runtime: Option<tokio::runtime::Runtime>,
@@ -40,6 +46,9 @@ impl Drop for ApiServer {
 
 pub const SECRET_VALUE: &str = "c3VwZXItc2VjcmV0LXBhc3N3b3Jk"; // "super-secret-password"
 
+/// The double's TLS: a server certificate for 127.0.0.1 and a client certificate, both of its
+/// own CA; client certificates are verified when presented, not required (bearer tokens
+/// are the other way in).
 fn tls_config(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     let ca_key = KeyPair::generate().expect("ca key");
@@ -55,17 +64,33 @@ fn tls_config(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
     let cert = params.signed_by(&key, &issuer).expect("cert");
     let ca_path = dir.join("cluster-ca.pem");
     std::fs::write(&ca_path, ca_cert.pem()).expect("write ca");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client = CertificateParams::default();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "system:enforcer");
+    let client_cert = client.signed_by(&client_key, &issuer).expect("client cert");
+    std::fs::write(dir.join("client.pem"), client_cert.pem()).expect("write client cert");
+    std::fs::write(dir.join("client-key.pem"), client_key.serialize_pem()).expect("write key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
     )
-    .expect("server config");
+    .allow_unauthenticated()
+    .build()
+    .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
     (Arc::new(config), ca_path)
 }
 
@@ -105,9 +130,14 @@ impl ApiServer {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let certified = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty());
                     let service = hyper::service::service_fn(move |req| {
                         let log = Arc::clone(&log);
-                        async move { Ok::<_, Infallible>(answer(req, &log, sizes)) }
+                        async move { Ok::<_, Infallible>(answer(req, &log, sizes, certified)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -118,6 +148,8 @@ impl ApiServer {
         });
         ApiServer {
             port,
+            client_certificate: dir.path().join("client.pem"),
+            client_key: dir.path().join("client-key.pem"),
             ca,
             seen,
             _dir: dir,
@@ -329,7 +361,12 @@ fn stream_answer(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
-fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Response<Full<Bytes>> {
+fn answer(
+    req: Request<Incoming>,
+    log: &Mutex<Vec<Seen>>,
+    sizes: Sizes,
+    certified: bool,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().as_str().to_owned();
@@ -341,6 +378,7 @@ fn answer(req: Request<Incoming>, log: &Mutex<Vec<Seen>>, sizes: Sizes) -> Respo
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        client_certificate: certified,
     });
     let upgrade = req
         .headers()

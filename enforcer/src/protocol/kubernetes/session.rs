@@ -1,6 +1,6 @@
 //! One workload connection to a Kubernetes API server. enforcer terminates TLS with a
 //! certificate of its CA for the name (SNI) or address the client dialled, reads each
-//! HTTP/1.1 request the way the API server will ([`super::request`]), decides it with the
+//! HTTP/2 or HTTP/1.1 request the way the API server will ([`super::request`]), decides it with the
 //! Cedar policies and the workload's grants, and forwards what is allowed over its own
 //! verified TLS connection with the injected credential — the workload's `Authorization`
 //! header never leaves enforcer. What comes back from `secrets` is redacted; a stream into a
@@ -9,6 +9,7 @@
 use std::{
     convert::Infallible,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -21,7 +22,7 @@ use hyper::{
     header::{self, HeaderMap, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::Mutex};
+use tokio::net::TcpStream;
 
 use super::{
     K8sError, redact,
@@ -30,7 +31,7 @@ use super::{
 };
 use crate::{
     grant::{GrantError, TokenError},
-    policy::Resource,
+    policy::{CredentialSource, Resource},
     protocol::{
         HandlerContext, PresentedToken,
         decision::{self, truncate},
@@ -45,6 +46,10 @@ type Body = BoxBody<Bytes, BoxError>;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body enforcer reads whole to redact (a list of Secrets).
 const MAX_REDACTED_BODY: usize = 64 << 20;
+/// Requests an HTTP/2 client may have open at once on one connection.
+const MAX_STREAMS: u32 = 100;
+/// Idle connections to the API server kept per workload connection.
+const IDLE_UPSTREAMS: usize = 4;
 /// Request text kept in records.
 const RECORDED_TEXT: usize = 2000;
 
@@ -74,7 +79,7 @@ pub async fn run(
                 .await?;
         let sni = start.client_hello().server_name().map(str::to_owned);
         let config = authority
-            .server_config(sni.as_deref(), conn.orig_dst.ip(), &[b"http/1.1"])
+            .server_config(sni.as_deref(), conn.orig_dst.ip(), &[b"h2", b"http/1.1"])
             .map_err(std::io::Error::other)?;
         start.into_stream(config).await
     };
@@ -83,25 +88,26 @@ pub async fn run(
         .map_err(|_| K8sError::Tls("the client's TLS handshake timed out".into()))?
         .map_err(|e| K8sError::Tls(format!("TLS handshake with the client: {e}")))?;
 
-    let token = resource
-        .credential
-        .as_ref()
-        .ok_or_else(|| K8sError::Credential(format!("{} has no credential", resource.name)))?
-        .read_secret(&resource.name)
-        .map_err(K8sError::Credential)?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| K8sError::Credential("the token is not a valid header value".into()))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let (bearer, tls_config) = credential(resource)?;
     let addr = resource.upstream_for(conn.orig_dst);
-    let upstream = Upstream::connect(resource, addr).await?;
+    // Connected now, so that a cluster that cannot be reached fails the connection at once.
+    let upstream = Upstream::connect(resource, &tls_config, addr).await?;
     let session = Session {
         ctx,
         conn,
         resource,
         addr,
-        upstream: Mutex::new(upstream),
+        tls_config,
+        idle: Arc::new(std::sync::Mutex::new(vec![upstream])),
         bearer,
         streams: std::sync::Mutex::new(Vec::new()),
     };
+    if h2 {
+        return serve_h2(&session, tls)
+            .await
+            .map_err(|e| K8sError::Http(e.to_string()));
+    }
     let service = hyper::service::service_fn(|req| session.handle(req));
     let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -119,15 +125,103 @@ pub async fn run(
     served
 }
 
+/// How enforcer authenticates to the API server, read at each workload connection (so a
+/// rotated token or certificate is picked up): a bearer token, or a client certificate
+/// presented in the TLS handshake.
+fn credential(
+    resource: &Resource,
+) -> Result<(Option<HeaderValue>, Arc<rustls::ClientConfig>), K8sError> {
+    let credential = resource
+        .credential
+        .as_ref()
+        .ok_or_else(|| K8sError::Credential(format!("{} has no credential", resource.name)))?;
+    let tls = resource.upstream_tls.as_ref().ok_or_else(|| {
+        K8sError::Upstream(format!(
+            "{} has no upstream_tls: enforcer speaks to API servers over verified TLS",
+            resource.name
+        ))
+    })?;
+    if let CredentialSource::ClientCertificate { certificate, key } = &credential.source {
+        let identity = crate::tls::Identity::read(certificate, key)
+            .map_err(|e| K8sError::Credential(e.to_string()))?;
+        let config = crate::tls::upstream_config(tls.ca.as_deref(), &[], Some(identity))
+            .map_err(|e| K8sError::Credential(e.to_string()))?;
+        return Ok((None, Arc::new(config)));
+    }
+    let token = credential
+        .read_secret(&resource.name)
+        .map_err(K8sError::Credential)?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| K8sError::Credential("the token is not a valid header value".into()))?;
+    Ok((Some(bearer), Arc::clone(&tls.config)))
+}
+
+/// An HTTP/2 client connection. Built outside `async` code, with the session's lifetimes
+/// named, so that the connection's future is provably `Send` (the compiler cannot prove it
+/// for the anonymous lifetimes inside an `async fn`).
+fn serve_h2<'s, 'a: 's>(
+    session: &'s Session<'a>,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+) -> Pin<Box<dyn std::future::Future<Output = Result<(), hyper::Error>> + Send + 's>> {
+    let service =
+        hyper::service::service_fn(move |req| -> Answer<'s> { Box::pin(session.handle(req)) });
+    let tasks = LocalTasks::default();
+    let connection = hyper::server::conn::http2::Builder::new(tasks.clone())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(64 << 10)
+        .serve_connection(TokioIo::new(tls), service);
+    Box::pin(WithTasks {
+        connection: Box::pin(connection),
+        tasks,
+        running: futures_util::stream::FuturesUnordered::new(),
+    })
+}
+
+/// The tasks hyper's HTTP/2 server starts, one per request. They borrow the session (whose
+/// context lives only as long as this connection), so rather than being spawned they run
+/// in [`WithTasks`], polled with the connection they belong to.
+#[derive(Clone, Default)]
+struct LocalTasks<'a>(Arc<std::sync::Mutex<Vec<StreamFuture<'a>>>>);
+
+impl<'a, F> hyper::rt::Executor<F> for LocalTasks<'a>
+where
+    F: std::future::Future<Output = ()> + Send + 'a,
+{
+    fn execute(&self, task: F) {
+        lock(&self.0).push(Box::pin(task));
+    }
+}
+
+/// A connection and every task it starts, until the connection ends (its tasks cannot
+/// answer anyone after that).
+struct WithTasks<'a, C> {
+    connection: Pin<Box<C>>,
+    tasks: LocalTasks<'a>,
+    running: futures_util::stream::FuturesUnordered<StreamFuture<'a>>,
+}
+
+impl<C: std::future::Future> std::future::Future for WithTasks<'_, C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        use futures_util::StreamExt as _;
+        let this = &mut *self;
+        let done = this.connection.as_mut().poll(cx);
+        this.running.extend(lock(&this.tasks.0).drain(..));
+        while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
+        done
+    }
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The connection to the real API server, opened once per workload connection.
+/// One HTTP/1.1 connection to the real API server.
 struct Upstream {
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
     authority: HeaderValue,
-    _driver: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -143,54 +237,52 @@ type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
 impl Upstream {
     async fn connect(
         resource: &Resource,
+        config: &Arc<rustls::ClientConfig>,
         addr: std::net::SocketAddr,
     ) -> Result<Upstream, K8sError> {
-        let (stream, authority) = Upstream::tls(resource, addr).await?;
+        let (stream, authority) = Upstream::tls(resource, config, addr).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        let driver = tokio::spawn(async move {
+        // Ends by itself once the last handle and the last answer's body are dropped.
+        tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream API connection ended");
             }
         });
-        Ok(Upstream {
-            sender,
-            authority,
-            _driver: AbortOnDrop(driver),
-        })
+        Ok(Upstream { sender, authority })
     }
 
     /// A verified TLS connection to the API server, and the authority to name it by.
     async fn tls(
         resource: &Resource,
+        config: &Arc<rustls::ClientConfig>,
         addr: std::net::SocketAddr,
     ) -> Result<(UpstreamTls, HeaderValue), K8sError> {
-        let tls = resource.upstream_tls.as_ref().ok_or_else(|| {
-            K8sError::Upstream(format!(
-                "{} has no upstream_tls: enforcer speaks to API servers over verified TLS",
-                resource.name
-            ))
-        })?;
+        let server_name = resource
+            .upstream_tls
+            .as_ref()
+            .and_then(|t| t.server_name.as_deref());
         let tcp = connect_upstream(addr)
             .await
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        let name = crate::tls::server_name(tls.server_name.as_deref(), addr.ip())
+        let name = crate::tls::server_name(server_name, addr.ip())
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&tls.config));
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
         let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| K8sError::Upstream(format!("TLS handshake with {addr} timed out")))?
             .map_err(|e| K8sError::Upstream(format!("TLS with {addr}: {e}")))?;
         let authority = HeaderValue::from_str(
-            &tls.server_name
-                .clone()
-                .map_or_else(|| addr.to_string(), |n| format!("{n}:{}", addr.port())),
+            &server_name.map_or_else(|| addr.to_string(), |n| format!("{n}:{}", addr.port())),
         )
         .map_err(|e| K8sError::Upstream(e.to_string()))?;
         Ok((stream, authority))
     }
 }
+
+type Answer<'s> =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 's>>;
 
 type StreamFuture<'a> = Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
@@ -200,8 +292,14 @@ struct Session<'a> {
     resource: &'a Resource,
     /// The API server's address.
     addr: std::net::SocketAddr,
-    upstream: Mutex<Upstream>,
-    bearer: HeaderValue,
+    /// TLS toward the API server, with the client certificate when that is the credential.
+    tls_config: Arc<rustls::ClientConfig>,
+    /// Connections to the API server ready for a request. HTTP/1.1 carries one exchange at a
+    /// time (a watch holds its connection as long as it lasts) while an HTTP/2 client sends
+    /// many at once: each request takes an idle connection or opens one.
+    idle: Arc<std::sync::Mutex<Vec<Upstream>>>,
+    /// The injected bearer token, unless the credential is a client certificate.
+    bearer: Option<HeaderValue>,
     /// A stream (exec, attach, port-forward) the connection switched to, relayed once the
     /// HTTP exchange that opened it is over.
     streams: std::sync::Mutex<Vec<StreamFuture<'a>>>,
@@ -689,18 +787,37 @@ impl Session<'_> {
         req: Request<Incoming>,
         redacting: bool,
     ) -> Result<Response<Incoming>, K8sError> {
-        let mut upstream = self.upstream.lock().await;
+        let mut upstream = self.take_upstream().await?;
         let request = self.upstream_request(req, &upstream.authority, redacting)?;
-        upstream
-            .sender
-            .ready()
-            .await
-            .map_err(|e| K8sError::Upstream(e.to_string()))?;
-        upstream
+        let response = upstream
             .sender
             .send_request(request)
             .await
-            .map_err(|e| K8sError::Upstream(e.to_string()))
+            .map_err(|e| K8sError::Upstream(e.to_string()))?;
+        // Back to the idle ones once the answer's body has been read (as long as a watch
+        // lasts); gone if the API server closes it.
+        let idle = Arc::clone(&self.idle);
+        tokio::spawn(async move {
+            if upstream.sender.ready().await.is_ok() {
+                let mut idle = lock(&idle);
+                if idle.len() < IDLE_UPSTREAMS {
+                    idle.push(upstream);
+                }
+            }
+        });
+        Ok(response)
+    }
+
+    async fn take_upstream(&self) -> Result<Upstream, K8sError> {
+        loop {
+            let Some(upstream) = lock(&self.idle).pop() else {
+                break;
+            };
+            if upstream.sender.is_ready() {
+                return Ok(upstream);
+            }
+        }
+        Upstream::connect(self.resource, &self.tls_config, self.addr).await
     }
 
     /// The client's request as enforcer sends it on: its own hop headers and credential in
@@ -728,7 +845,9 @@ impl Session<'_> {
             }
         }
         headers.insert(header::HOST, authority.clone());
-        headers.insert(header::AUTHORIZATION, self.bearer.clone());
+        if let Some(bearer) = &self.bearer {
+            headers.insert(header::AUTHORIZATION, bearer.clone());
+        }
         if redacting {
             // What enforcer must read: JSON, uncompressed (Table or plain, as asked).
             let accept = parts
@@ -840,7 +959,7 @@ impl Session<'_> {
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, AbortOnDrop), K8sError> {
-        let (stream, authority) = Upstream::tls(self.resource, self.addr).await?;
+        let (stream, authority) = Upstream::tls(self.resource, &self.tls_config, self.addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
