@@ -861,4 +861,21 @@ fn a_client_certificate_can_be_the_injected_credential() {
             .all(|s| s.client_certificate && s.authorization.is_none()),
         "{seen:?}"
     );
+    // A credential that cannot be read is told to the client in the API server's terms.
+    std::fs::remove_file(&cluster.api.client_key).expect("remove key");
+    let broken = cluster.kubectl(&["get", "pods", "-n", "default"], &[]);
+    assert!(!broken.status.success());
+    assert!(
+        stderr(&broken).contains("Error from server (ServiceUnavailable)")
+            && stderr(&broken).contains(
+                "enforcer cannot authenticate to the API server of cluster: credential: client certificate"
+            ),
+        "{}",
+        describe(&broken)
+    );
+    assert_eq!(
+        cluster.api.seen().len(),
+        seen.len(),
+        "nothing reached the cluster"
+    );
 }

@@ -440,14 +440,46 @@ fn trusted_context(context: serde_json::Value) -> Result<Context, AuthzError> {
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, AuthzError> {
-    let t = EntityTypeName::from_str(type_name)
-        .map_err(|e| AuthzError::Entities(format!("{type_name}: {e}")))?;
+    // Parsed once per type: a decision names three entities, and parsing a type name costs
+    // as much as evaluating a simple policy.
+    static TYPES: OnceLock<Mutex<HashMap<String, EntityTypeName>>> = OnceLock::new();
+    let types = TYPES.get_or_init(Mutex::default);
+    let known = match types.lock() {
+        Ok(t) => t.get(type_name).cloned(),
+        Err(p) => p.into_inner().get(type_name).cloned(),
+    };
+    let t = match known {
+        Some(t) => t,
+        None => {
+            let t = EntityTypeName::from_str(type_name)
+                .map_err(|e| AuthzError::Entities(format!("{type_name}: {e}")))?;
+            match types.lock() {
+                Ok(mut m) => m.insert(type_name.to_owned(), t.clone()),
+                Err(p) => p.into_inner().insert(type_name.to_owned(), t.clone()),
+            };
+            t
+        }
+    };
     Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
 }
 
 /// The entity uid of an action such as `grant:request`.
 pub fn action(name: &str) -> Result<EntityUid, AuthzError> {
     uid("Enforcer::Action", name)
+}
+
+/// The uid of an action the schema declares, looked up rather than parsed and searched for.
+fn declared_action(name: &str) -> Option<EntityUid> {
+    static DECLARED: OnceLock<HashMap<String, EntityUid>> = OnceLock::new();
+    DECLARED
+        .get_or_init(|| {
+            schema()
+                .actions()
+                .map(|a| (a.id().unescaped().to_owned(), a.clone()))
+                .collect()
+        })
+        .get(name)
+        .cloned()
 }
 
 impl Authz {
@@ -495,10 +527,8 @@ impl Authz {
         validate: bool,
     ) -> Result<Decision, AuthzError> {
         let schema = schema();
-        let action_uid = action(action_name)?;
-        if schema.actions().all(|a| a != &action_uid) {
-            return Err(AuthzError::UnknownAction(action_name.to_owned()));
-        }
+        let action_uid = declared_action(action_name)
+            .ok_or_else(|| AuthzError::UnknownAction(action_name.to_owned()))?;
         let principal_uid = uid("Enforcer::Workload", &principal.name)?;
         let resource_uid = uid("Enforcer::Resource", &resource.name)?;
         let entities = self.entities(principal, resource, validate)?;

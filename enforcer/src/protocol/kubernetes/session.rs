@@ -89,17 +89,22 @@ pub async fn run(
         .map_err(|e| K8sError::Tls(format!("TLS handshake with the client: {e}")))?;
 
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let (bearer, tls_config) = credential(resource)?;
-    let addr = resource.upstream_for(conn.orig_dst);
-    // Connected now, so that a cluster that cannot be reached fails the connection at once.
-    let upstream = Upstream::connect(resource, &tls_config, addr).await?;
+    // A credential that cannot be used is said to the client, request by request, in the
+    // API server's terms (kubectl prints it), rather than by a dropped connection.
+    let (bearer, tls_config) = match credential(resource) {
+        Ok((bearer, config)) => (bearer, Ok(config)),
+        Err(e) => {
+            tracing::warn!(resource = %resource.name, error = %e, "the cluster credential cannot be used");
+            (None, Err(e.to_string()))
+        }
+    };
     let session = Session {
         ctx,
         conn,
         resource,
-        addr,
+        addr: resource.upstream_for(conn.orig_dst),
         tls_config,
-        idle: Arc::new(std::sync::Mutex::new(vec![upstream])),
+        idle: Arc::new(std::sync::Mutex::new(Vec::new())),
         bearer,
         streams: std::sync::Mutex::new(Vec::new()),
     };
@@ -292,8 +297,9 @@ struct Session<'a> {
     resource: &'a Resource,
     /// The API server's address.
     addr: std::net::SocketAddr,
-    /// TLS toward the API server, with the client certificate when that is the credential.
-    tls_config: Arc<rustls::ClientConfig>,
+    /// TLS toward the API server, with the client certificate when that is the credential;
+    /// why there is none when the credential cannot be read.
+    tls_config: Result<Arc<rustls::ClientConfig>, String>,
     /// Connections to the API server ready for a request. HTTP/1.1 carries one exchange at a
     /// time (a watch holds its connection as long as it lasts) while an HTTP/2 client sends
     /// many at once: each request takes an idle connection or opens one.
@@ -374,6 +380,29 @@ impl Session<'_> {
             }
         };
         let action = action(&request);
+        if let Err(why) = &self.tls_config {
+            let message = format!(
+                "enforcer cannot authenticate to the API server of {}: {why}",
+                self.resource.name
+            );
+            let _ = self
+                .record(
+                    self.ctx,
+                    &action,
+                    &text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(message.clone()),
+                )
+                .await;
+            return Ok(failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                message,
+            ));
+        }
         let token = match self.presented_token(req.headers()).await {
             Ok(token) => token,
             Err(why) => {
@@ -817,7 +846,13 @@ impl Session<'_> {
                 return Ok(upstream);
             }
         }
-        Upstream::connect(self.resource, &self.tls_config, self.addr).await
+        Upstream::connect(self.resource, self.config()?, self.addr).await
+    }
+
+    fn config(&self) -> Result<&Arc<rustls::ClientConfig>, K8sError> {
+        self.tls_config
+            .as_ref()
+            .map_err(|why| K8sError::Credential(why.clone()))
     }
 
     /// The client's request as enforcer sends it on: its own hop headers and credential in
@@ -959,7 +994,7 @@ impl Session<'_> {
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, AbortOnDrop), K8sError> {
-        let (stream, authority) = Upstream::tls(self.resource, &self.tls_config, self.addr).await?;
+        let (stream, authority) = Upstream::tls(self.resource, self.config()?, self.addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| K8sError::Upstream(e.to_string()))?;
