@@ -201,12 +201,12 @@ impl Metrics {
         }
     }
 
-    pub fn masked(&self, detector: &str) {
+    pub fn masked_n(&self, detector: &str, n: u64) {
         self.masked_values
             .get_or_create(&DetectorLabels {
                 detector: detector.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn grant_event(&self, event: &str) {

@@ -302,14 +302,18 @@ fn apply(strategy: Strategy, value: &str, what: &str) -> String {
     match strategy {
         Strategy::Redact => format!("[{what} redacted]"),
         Strategy::Partial => {
-            let chars: Vec<char> = value.chars().collect();
-            let keep = if chars.len() > 8 { 4 } else { 0 };
-            let masked: String = chars[..chars.len() - keep]
-                .iter()
-                .map(|c| if c.is_alphanumeric() { '*' } else { *c })
-                .collect();
-            let kept: String = chars[chars.len() - keep..].iter().collect();
-            format!("{masked}{kept}")
+            // Runs once per masked value of every row: one pass, one allocation.
+            let count = value.chars().count();
+            let hidden = count - if count > 8 { 4 } else { 0 };
+            let mut out = String::with_capacity(value.len());
+            for (i, c) in value.chars().enumerate() {
+                out.push(if i < hidden && c.is_alphanumeric() {
+                    '*'
+                } else {
+                    c
+                });
+            }
+            out
         }
         Strategy::Hash => {
             let mut h = Sha256::new();
@@ -364,6 +368,16 @@ mod tests {
         assert_eq!(
             p(Strategy::Partial).mask_value("4111111111111111", "card"),
             "************1111"
+        );
+        // Separators stay, short values keep nothing, characters (not bytes) are counted.
+        assert_eq!(
+            p(Strategy::Partial).mask_value("ada@example.com", "email"),
+            "***@*******.com"
+        );
+        assert_eq!(p(Strategy::Partial).mask_value("secret", "x"), "******");
+        assert_eq!(
+            p(Strategy::Partial).mask_value("zürich-straße-9", "x"),
+            "******-****ße-9"
         );
         let h = p(Strategy::Hash);
         assert_eq!(

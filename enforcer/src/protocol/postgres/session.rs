@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::Mutex as StdMutex,
+    sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
@@ -119,9 +119,12 @@ enum Expect {
 struct Shared {
     expect: VecDeque<Expect>,
     statements: HashMap<String, Vec<Column>>,
-    portals: HashMap<String, Vec<Column>>,
+    /// Shared with each DataRow's masking, which must not copy them per row.
+    portals: HashMap<String, Arc<[Column]>>,
     /// Columns of the simple query's current result set.
-    query_columns: Option<Vec<Column>>,
+    query_columns: Option<Arc<[Column]>>,
+    /// Values masked since the last ReadyForQuery, counted into the metrics then.
+    masked: Fired,
     /// When the statement whose reply comes next was sent on (or the one before it ended).
     running_since: Option<std::time::Instant>,
     rows: u64,
@@ -1294,7 +1297,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     let described = shared.statements.get(&statement).cloned();
                     if let Some(described) = described {
                         let columns = with_formats(described, &formats);
-                        shared.portals.insert(portal, columns);
+                        shared.portals.insert(portal, columns.into());
                     } else {
                         shared.portals.remove(&portal);
                     }
@@ -1316,10 +1319,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     }
                     Some(Expect::DescribePortal { portal }) => {
                         let portal = portal.clone();
-                        shared.portals.insert(portal, columns);
+                        shared.portals.insert(portal, columns.into());
                         shared.expect.pop_front();
                     }
-                    _ => shared.query_columns = Some(columns),
+                    _ => shared.query_columns = Some(columns.into()),
                 }
                 Some(frame)
             }
@@ -1348,8 +1351,9 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     return Ok(Some(frame));
                 };
                 drop(shared);
+                let mut fired = Fired::default();
                 let mut mask = |i: usize, text: &str| {
-                    self.mask_value(columns.get(i), text.as_bytes())
+                    self.mask_value(columns.get(i), text.as_bytes(), &mut fired)
                         .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
                 };
                 let mut out = BytesMut::new();
@@ -1358,6 +1362,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 } else {
                     masker.finish(&mut mask)
                 };
+                fired.count(self.ctx.metrics);
                 if !data.is_empty() {
                     out.put_u8(b'd');
                     out.put_i32(4 + data.len() as i32);
@@ -1379,7 +1384,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     }
                     Some(Expect::DescribePortal { portal }) => {
                         let portal = portal.clone();
-                        shared.portals.insert(portal, Vec::new());
+                        shared.portals.insert(portal, Vec::new().into());
                         shared.expect.pop_front();
                     }
                     _ => {}
@@ -1392,7 +1397,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     _ => shared.query_columns.clone(),
                 };
                 drop(shared);
-                Some(self.mask_row(frame, columns.as_deref())?)
+                let mut fired = Fired::default();
+                let row = self.mask_row(frame, columns.as_deref(), &mut fired)?;
+                if !fired.0.is_empty() {
+                    lock(self.shared).masked.merge(fired);
+                }
+                Some(row)
             }
             b'C' | b'I' | b's' => {
                 if matches!(shared.expect.front(), Some(Expect::Execute { .. })) {
@@ -1413,6 +1423,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 Some(own_error_without_context(frame, bctx)?)
             }
             b'Z' => {
+                shared.masked.count(self.ctx.metrics);
                 shared.expect.pop_front();
                 shared.query_columns = None;
                 shared.copy_active = None;
@@ -1424,73 +1435,123 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
 
     /// Masks one DataRow per the resource's profile. A value that cannot be masked safely in
     /// its type becomes NULL, which every type admits.
-    fn mask_row(&self, frame: BytesMut, columns: Option<&[Column]>) -> Result<BytesMut, PgError> {
+    fn mask_row(
+        &self,
+        frame: BytesMut,
+        columns: Option<&[Column]>,
+        fired: &mut Fired,
+    ) -> Result<BytesMut, PgError> {
+        let ruled = columns.is_some_and(|c| c.iter().any(|c| c.ruled));
+        if !ruled && self.resource.masking.detectors.is_empty() {
+            // Nothing could be masked: the row passes as the server sent it (the frame
+            // reader has already checked its length).
+            return Ok(frame);
+        }
         let Some(values) = data_row_values(body(&frame)) else {
             return Err(PgError::Upstream(
                 "malformed DataRow from the server".into(),
             ));
         };
-        let mut changed = false;
-        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(values.len());
+        // Written only once a value changes: most rows of most results pass untouched.
+        let mut row: Option<BytesMut> = None;
         for (i, value) in values.iter().enumerate() {
-            let Some(value) = value else {
-                out.push(None);
-                continue;
-            };
-            match self.mask_value(columns.and_then(|c| c.get(i)), value) {
-                Some(v) => {
-                    changed = true;
-                    out.push(v);
+            let masked =
+                value.and_then(|v| self.mask_value(columns.and_then(|c| c.get(i)), v, fired));
+            if masked.is_some() && row.is_none() {
+                let mut out = BytesMut::with_capacity(frame.len() + 64);
+                out.put_u8(b'D');
+                out.put_i32(0);
+                out.put_i16(values.len() as i16);
+                for earlier in &values[..i] {
+                    put_value(&mut out, *earlier);
                 }
-                None => out.push(Some(value.to_vec())),
+                row = Some(out);
+            }
+            if let Some(out) = row.as_mut() {
+                match &masked {
+                    Some(replacement) => put_value(out, replacement.as_deref()),
+                    None => put_value(out, *value),
+                }
             }
         }
-        if !changed {
+        let Some(mut row) = row else {
             return Ok(frame);
-        }
-        let mut row = BytesMut::new();
-        row.put_u8(b'D');
-        let len_at = row.len();
-        row.put_i32(0);
-        row.put_i16(out.len() as i16);
-        for v in &out {
-            match v {
-                Some(bytes) => {
-                    row.put_i32(bytes.len() as i32);
-                    row.put_slice(bytes);
-                }
-                None => row.put_i32(-1),
-            }
-        }
-        let len = (row.len() - len_at) as i32;
-        row[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        };
+        let len = (row.len() - 1) as i32;
+        row[1..5].copy_from_slice(&len.to_be_bytes());
         Ok(row)
+    }
+}
+
+fn put_value(out: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        Some(bytes) => {
+            out.put_i32(bytes.len() as i32);
+            out.put_slice(bytes);
+        }
+        None => out.put_i32(-1),
+    }
+}
+
+/// Masked values by what masked them, counted into the metrics in bulk rather than once per
+/// value (a labelled counter costs a lookup).
+#[derive(Debug, Default)]
+struct Fired(Vec<(&'static str, u64)>);
+
+impl Fired {
+    fn add_n(&mut self, what: &'static str, n: u64) {
+        match self.0.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, count)) => *count += n,
+            None => self.0.push((what, n)),
+        }
+    }
+
+    fn add(&mut self, what: &'static str) {
+        self.add_n(what, 1);
+    }
+
+    fn merge(&mut self, other: Fired) {
+        for (what, n) in other.0 {
+            self.add_n(what, n);
+        }
+    }
+
+    /// Counts into the metrics and starts again.
+    fn count(&mut self, metrics: &crate::metrics::Metrics) {
+        for (what, n) in self.0.drain(..) {
+            metrics.masked_n(what, n);
+        }
     }
 }
 
 impl<W> Session<'_, W> {
     /// One value's fate: `None` unchanged, `Some(None)` NULL, `Some(Some(bytes))` replaced.
-    fn mask_value(&self, column: Option<&Column>, value: &[u8]) -> Option<Option<Vec<u8>>> {
+    fn mask_value(
+        &self,
+        column: Option<&Column>,
+        value: &[u8],
+        fired: &mut Fired,
+    ) -> Option<Option<Vec<u8>>> {
         let profile = &self.resource.masking;
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
         let ruled = column.filter(|c| c.ruled);
         match (ruled, std::str::from_utf8(value)) {
             (Some(c), Ok(text)) if textual => {
-                self.ctx.metrics.masked("column");
+                fired.add("column");
                 Some(text_type.then(|| profile.mask_value(text, &c.name).into_bytes()))
             }
             (Some(_), _) => {
-                self.ctx.metrics.masked("column");
+                fired.add("column");
                 Some(None)
             }
             (None, Ok(text)) if textual => {
-                let (scanned, fired) = profile.scan(text);
-                if fired.is_empty() {
+                let (scanned, detectors) = profile.scan(text);
+                if detectors.is_empty() {
                     return None;
                 }
-                for detector in &fired {
-                    self.ctx.metrics.masked(detector);
+                for detector in detectors {
+                    fired.add(detector);
                 }
                 Some(text_type.then(|| scanned.into_owned().into_bytes()))
             }
