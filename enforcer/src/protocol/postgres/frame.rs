@@ -2,7 +2,7 @@
 //! its own length (bounded) before anything decodes it, so a lying length or a truncated body
 //! from the workload can only ever fail that one message, never read into the next one.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::PgError;
@@ -146,29 +146,66 @@ pub fn decode<T>(
 
 /// A DataRow's values (`None` is SQL NULL), or `None` if the row is malformed.
 pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
-    let mut b = body;
-    if b.len() < 2 {
-        return None;
+    let mut values = DataRowValues::new(body)?;
+    let collected = values
+        .by_ref()
+        .map(|v| v.map(|(_, value)| value))
+        .collect::<Option<Vec<_>>>()?;
+    values.is_complete().then_some(collected)
+}
+
+/// The values of a DataRow body one at a time, each with the offset (in the body) of its
+/// length word, so that a rewriter can copy the unchanged values before it whole. An item
+/// of `None` means the row is malformed (and is the last item).
+pub struct DataRowValues<'a> {
+    body: &'a [u8],
+    at: usize,
+    left: usize,
+}
+
+impl<'a> DataRowValues<'a> {
+    pub fn new(body: &'a [u8]) -> Option<DataRowValues<'a>> {
+        let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+        Some(DataRowValues {
+            body,
+            at: 2,
+            left: usize::try_from(count).ok()?,
+        })
     }
-    let count = b.get_i16();
-    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
-    for _ in 0..count {
-        if b.len() < 4 {
+
+    /// Whether every value was read and nothing follows them.
+    pub fn is_complete(&self) -> bool {
+        self.left == 0 && self.at == self.body.len()
+    }
+}
+
+impl<'a> Iterator for DataRowValues<'a> {
+    type Item = Option<(usize, Option<&'a [u8]>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
             return None;
         }
-        let n = b.get_i32();
-        if n < 0 {
-            values.push(None);
-        } else {
-            let n = usize::try_from(n).ok()?;
-            if b.len() < n {
-                return None;
-            }
-            values.push(Some(&b[..n]));
-            b.advance(n);
-        }
+        let start = self.at;
+        let value = self.read();
+        self.left = if value.is_some() { self.left - 1 } else { 0 };
+        Some(value.map(|v| (start, v)))
     }
-    b.is_empty().then_some(values)
+}
+
+impl<'a> DataRowValues<'a> {
+    fn read(&mut self) -> Option<Option<&'a [u8]>> {
+        let word = self.body.get(self.at..self.at.checked_add(4)?)?;
+        let n = i32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        self.at += 4;
+        if n < 0 {
+            return Some(None);
+        }
+        let end = self.at.checked_add(usize::try_from(n).ok()?)?;
+        let value = self.body.get(self.at..end)?;
+        self.at = end;
+        Some(Some(value))
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +245,27 @@ mod tests {
         #[test]
         fn any_data_row_bytes_are_safe(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let _ = data_row_values(&bytes);
+        }
+
+        #[test]
+        fn data_rows_round_trip_with_their_offsets(values in proptest::collection::vec(proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..8)), 0..6)) {
+            let mut body = (values.len() as i16).to_be_bytes().to_vec();
+            let mut offsets = Vec::new();
+            for v in &values {
+                offsets.push(body.len());
+                match v {
+                    Some(v) => {
+                        body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        body.extend_from_slice(v);
+                    }
+                    None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            let mut read = DataRowValues::new(&body).expect("a count");
+            let items: Vec<_> = read.by_ref().map(|i| i.expect("well formed")).collect();
+            proptest::prop_assert!(read.is_complete());
+            let expected: Vec<_> = offsets.iter().copied().zip(values.iter().map(|v| v.as_deref())).collect();
+            proptest::prop_assert_eq!(items, expected);
         }
 
         #[test]

@@ -13,7 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Arc, Mutex as StdMutex},
+    sync::Mutex as StdMutex,
     time::Duration,
 };
 
@@ -39,7 +39,7 @@ use super::{
     catalog::{Described, Scope},
     classify::{Classified, classify},
     copy::{CopyFormat, CopyMasker},
-    frame::{FrameReader, body, data_row_values, decode},
+    frame::{DataRowValues, FrameReader, body, decode},
     frontend_context,
     upstream::{self, CancelTarget, MAX_BACKEND, Secret},
 };
@@ -119,10 +119,9 @@ enum Expect {
 struct Shared {
     expect: VecDeque<Expect>,
     statements: HashMap<String, Vec<Column>>,
-    /// Shared with each DataRow's masking, which must not copy them per row.
-    portals: HashMap<String, Arc<[Column]>>,
+    portals: HashMap<String, Vec<Column>>,
     /// Columns of the simple query's current result set.
-    query_columns: Option<Arc<[Column]>>,
+    query_columns: Option<Vec<Column>>,
     /// Values masked since the last ReadyForQuery, counted into the metrics then.
     masked: Fired,
     /// When the statement whose reply comes next was sent on (or the one before it ended).
@@ -1297,7 +1296,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     let described = shared.statements.get(&statement).cloned();
                     if let Some(described) = described {
                         let columns = with_formats(described, &formats);
-                        shared.portals.insert(portal, columns.into());
+                        shared.portals.insert(portal, columns);
                     } else {
                         shared.portals.remove(&portal);
                     }
@@ -1319,10 +1318,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     }
                     Some(Expect::DescribePortal { portal }) => {
                         let portal = portal.clone();
-                        shared.portals.insert(portal, columns.into());
+                        shared.portals.insert(portal, columns);
                         shared.expect.pop_front();
                     }
-                    _ => shared.query_columns = Some(columns.into()),
+                    _ => shared.query_columns = Some(columns),
                 }
                 Some(frame)
             }
@@ -1384,7 +1383,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     }
                     Some(Expect::DescribePortal { portal }) => {
                         let portal = portal.clone();
-                        shared.portals.insert(portal, Vec::new().into());
+                        shared.portals.insert(portal, Vec::new());
                         shared.expect.pop_front();
                     }
                     _ => {}
@@ -1392,17 +1391,14 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 Some(frame)
             }
             b'D' => {
+                // Masked under the lock (nothing here waits): the columns are borrowed, not
+                // copied, and the counts go straight into the session's tally.
+                let shared = &mut *shared;
                 let columns = match shared.expect.front() {
-                    Some(Expect::Execute { portal, .. }) => shared.portals.get(portal).cloned(),
-                    _ => shared.query_columns.clone(),
+                    Some(Expect::Execute { portal, .. }) => shared.portals.get(portal),
+                    _ => shared.query_columns.as_ref(),
                 };
-                drop(shared);
-                let mut fired = Fired::default();
-                let row = self.mask_row(frame, columns.as_deref(), &mut fired)?;
-                if !fired.0.is_empty() {
-                    lock(self.shared).masked.merge(fired);
-                }
-                Some(row)
+                Some(self.mask_row(frame, columns.map(Vec::as_slice), &mut shared.masked)?)
             }
             b'C' | b'I' | b's' => {
                 if matches!(shared.expect.front(), Some(Expect::Execute { .. })) {
@@ -1447,32 +1443,30 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             // reader has already checked its length).
             return Ok(frame);
         }
-        let Some(values) = data_row_values(body(&frame)) else {
-            return Err(PgError::Upstream(
-                "malformed DataRow from the server".into(),
-            ));
-        };
-        // Written only once a value changes: most rows of most results pass untouched.
+        let malformed = || PgError::Upstream("malformed DataRow from the server".into());
+        let mut values = DataRowValues::new(body(&frame)).ok_or_else(malformed)?;
+        // Written only once a value changes: most rows of most results pass untouched, and
+        // the values before the first change are copied as they came.
         let mut row: Option<BytesMut> = None;
-        for (i, value) in values.iter().enumerate() {
+        for (i, item) in values.by_ref().enumerate() {
+            let (at, value) = item.ok_or_else(malformed)?;
             let masked =
                 value.and_then(|v| self.mask_value(columns.and_then(|c| c.get(i)), v, fired));
             if masked.is_some() && row.is_none() {
+                // The frame is the tag, the length word, then the body.
                 let mut out = BytesMut::with_capacity(frame.len() + 64);
-                out.put_u8(b'D');
-                out.put_i32(0);
-                out.put_i16(values.len() as i16);
-                for earlier in &values[..i] {
-                    put_value(&mut out, *earlier);
-                }
+                out.extend_from_slice(&frame[..5 + at]);
                 row = Some(out);
             }
             if let Some(out) = row.as_mut() {
                 match &masked {
                     Some(replacement) => put_value(out, replacement.as_deref()),
-                    None => put_value(out, *value),
+                    None => put_value(out, value),
                 }
             }
+        }
+        if !values.is_complete() {
+            return Err(malformed());
         }
         let Some(mut row) = row else {
             return Ok(frame);
@@ -1510,12 +1504,6 @@ impl Fired {
         self.add_n(what, 1);
     }
 
-    fn merge(&mut self, other: Fired) {
-        for (what, n) in other.0 {
-            self.add_n(what, n);
-        }
-    }
-
     /// Counts into the metrics and starts again.
     fn count(&mut self, metrics: &crate::metrics::Metrics) {
         for (what, n) in self.0.drain(..) {
@@ -1536,6 +1524,9 @@ impl<W> Session<'_, W> {
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
         let ruled = column.filter(|c| c.ruled);
+        if ruled.is_none() && profile.detectors.is_empty() {
+            return None;
+        }
         match (ruled, std::str::from_utf8(value)) {
             (Some(c), Ok(text)) if textual => {
                 fired.add("column");
