@@ -66,7 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("g.cedar".into(), CEDAR.into()),
     ])?;
     let store = Store::open(&StoreLocation::Sqlite(dir.path().join("enforcer.db"))).await?;
-    let (recorder, writer) = Recorder::start(AuditLog::open(&dir.path().join("audit.jsonl"))?);
+    let (recorder, writer) =
+        Recorder::start(AuditLog::open(&dir.path().join("audit.jsonl"))?, None)?;
     let metrics = Arc::new(Metrics::new());
     let approvals = Arc::new(Approvals::new(
         store.clone(),

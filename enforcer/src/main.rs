@@ -9,15 +9,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let code = match cli::run(args) {
+    match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("enforcer: {}", describe(&err));
             ExitCode::from(2)
         }
-    };
-    cli::flush_logs();
-    code
+    }
 }
 
 /// The error and its causes, skipping a cause whose text its parent already includes (our

@@ -76,6 +76,8 @@ pub struct ServiceConfig {
     pub bpffs: PathBuf,
     pub admin: SocketAddr,
     pub proxy_port: u16,
+    /// Threads serving connections; 0 for [`crate::proxy::default_threads`].
+    pub proxy_threads: usize,
     pub mode: AttachMode,
     /// `--store` URL; SQLite in the state directory without it.
     pub store: Option<String>,
@@ -90,7 +92,7 @@ pub struct Service {
     /// `<host>/<workload>`: what grants are bound to.
     pub workload: String,
     pub grants: Arc<Grants>,
-    proxy_task: JoinHandle<()>,
+    shards: crate::proxy::Shards,
     sweeper: JoinHandle<()>,
     admin_task: JoinHandle<std::io::Result<()>>,
     audit: std::thread::JoinHandle<Result<u64, AuditError>>,
@@ -159,7 +161,8 @@ impl Service {
                 source,
             })?;
 
-        let (recorder, audit) = Recorder::start(audit_log);
+        let (recorder, audit) =
+            Recorder::start(audit_log, Some(&enforcement_log_path(&cfg.state_dir)))?;
         let metrics = Arc::new(Metrics::new());
         let policy = Arc::new(cfg.policy);
         let approvals = Arc::new(Approvals::new(
@@ -213,7 +216,8 @@ impl Service {
                 ..Default::default()
             }),
         ));
-        let proxy_task = tokio::spawn(proxy.serve(listeners));
+        let shards = crate::proxy::Shards::start(&proxy, listeners, cfg.proxy_threads)?;
+        drop(proxy);
         let admin_task = tokio::spawn(admin::serve(admin_listener, router));
         Ok(Service {
             redirect,
@@ -222,30 +226,36 @@ impl Service {
             resumed: resume,
             workload,
             grants,
-            proxy_task,
+            shards,
             sweeper,
             admin_task,
             audit,
         })
     }
 
-    /// Stops accepting. Connection tasks end with the runtime; the audit writer finishes once
-    /// the last of them is gone.
-    pub fn stop(self) -> Stopped {
-        self.proxy_task.abort();
+    /// Stops accepting and ends every connection (the proxy's threads drop them); the audit
+    /// writer finishes once the last recorder is gone.
+    pub fn stop(mut self) -> Stopped {
+        self.shards.stop();
         self.admin_task.abort();
         self.sweeper.abort();
-        Stopped { audit: self.audit }
+        Stopped {
+            shards: self.shards,
+            audit: self.audit,
+        }
     }
 }
 
 pub struct Stopped {
+    shards: crate::proxy::Shards,
     audit: std::thread::JoinHandle<Result<u64, AuditError>>,
 }
 
 impl Stopped {
-    /// Waits for the audit writer to flush everything; call after the runtime is gone.
+    /// Waits for the proxy's threads to end and the audit writer to flush everything; call
+    /// after the runtime is gone.
     pub fn finish(self) -> Result<u64, AuditError> {
+        self.shards.join();
         self.audit.join().unwrap_or_else(|_| {
             Err(AuditError::Write {
                 path: PathBuf::from("audit"),

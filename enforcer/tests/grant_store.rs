@@ -59,8 +59,11 @@ async fn host(state: &Path, store: &StoreLocation, name: &str) -> Host {
     ])
     .expect("policy");
     let store = Store::open(store).await.expect("open store");
-    let (recorder, audit) =
-        Recorder::start(AuditLog::open(&state.join("audit.jsonl")).expect("audit"));
+    let (recorder, audit) = Recorder::start(
+        AuditLog::open(&state.join("audit.jsonl")).expect("audit"),
+        None,
+    )
+    .expect("recorder");
     let metrics = Arc::new(Metrics::new());
     let approvals = Arc::new(Approvals::new(
         store.clone(),

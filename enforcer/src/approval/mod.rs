@@ -225,7 +225,7 @@ impl Approvals {
             caller,
             "self-approval from a workload refused"
         );
-        self.recorder.record(Event::Approval(event)).await?;
+        self.recorder.record_written(Event::Approval(event)).await?;
         Ok(ApprovalError::SelfApproval)
     }
 
@@ -297,7 +297,7 @@ impl Approvals {
             by,
             reason,
         };
-        self.recorder.record(Event::Approval(event)).await?;
+        self.recorder.record_written(Event::Approval(event)).await?;
         Ok(())
     }
 }

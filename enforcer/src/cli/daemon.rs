@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use enforcer::{
     policy::Policy,
-    service::{self, AttachMode, Service, ServiceConfig},
+    service::{AttachMode, Service, ServiceConfig},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -34,7 +34,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let state = &args.enforce.state;
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
-    super::logging::init(Some(&service::enforcement_log_path(state)))?;
+    super::logging::init()?;
     let cgroup = std::fs::canonicalize(&args.cgroup)
         .with_context(|| format!("cgroup {} does not exist", args.cgroup.display()))?;
     let runtime = super::runtime()?;
@@ -51,6 +51,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         bpffs: args.enforce.bpffs.clone(),
         admin: args.enforce.admin,
         proxy_port: args.enforce.proxy_port,
+        proxy_threads: args.enforce.proxy_threads,
         mode: AttachMode::ResumeOrFresh,
         store: args.enforce.store.clone(),
     };

@@ -8,11 +8,6 @@ mod detach;
 mod grant;
 mod kubeconfig;
 mod logging;
-
-/// Writes out buffered log lines before the process exits.
-pub fn flush_logs() {
-    logging::flush();
-}
 mod policy;
 mod run;
 mod sessions;
@@ -76,6 +71,10 @@ struct EnforceArgs {
     /// Proxy port on 127.0.0.1 and ::1; 0 picks a free one.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     proxy_port: u16,
+    /// Threads serving the workload's connections, each owning those it accepted; 0 for one
+    /// per four CPUs (at least one).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    proxy_threads: usize,
     /// OIDC ID token of the job (as the CI issues it), verified against the policy's
     /// identity_providers; its claims become the workload principal's attributes. Without it
     /// the principal is `local`.

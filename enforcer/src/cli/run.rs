@@ -5,7 +5,7 @@ use clap::Args;
 use enforcer::{
     policy::{CredentialSource, Policy},
     redirect::{self, cgroup::WorkloadCgroup},
-    service::{self, AttachMode, Service, ServiceConfig},
+    service::{AttachMode, Service, ServiceConfig},
     workload::{RunAs, Spawn, exit_code},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -64,7 +64,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let state = &args.enforce.state;
     std::fs::create_dir_all(state)
         .with_context(|| format!("cannot create state directory {}", state.display()))?;
-    super::logging::init(Some(&service::enforcement_log_path(state)))?;
+    super::logging::init()?;
     let runtime = super::runtime()?;
     // Before anything is created: a refused token leaves no trace on the host.
     let identity = runtime.block_on(super::verify_identity(
@@ -98,6 +98,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bpffs: args.enforce.bpffs.clone(),
         admin: args.enforce.admin,
         proxy_port: args.enforce.proxy_port,
+        proxy_threads: args.enforce.proxy_threads,
         mode: AttachMode::Fresh,
         store: args.enforce.store.clone(),
     };

@@ -826,7 +826,7 @@ impl Grants {
                 .collect(),
             detail,
         };
-        self.recorder.record(Event::Grant(event)).await?;
+        self.recorder.record_written(Event::Grant(event)).await?;
         Ok(())
     }
 }

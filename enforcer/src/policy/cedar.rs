@@ -142,9 +142,98 @@ pub struct Authz {
     /// Entities already built, by (principal, resource): building them is most of the cost
     /// of a decision, and an enforcer decides for the same few again and again.
     entities: Arc<Mutex<EntityCache>>,
+    /// What of a context any policy reads (decisions are remembered by it).
+    pub(super) reads: Arc<ContextReads>,
+    /// Decisions already taken for contexts enforcer built ([`Authz::decide_trusted`]), by
+    /// (principal, resource, action, what the policies read of the context). A decision is a
+    /// pure function of those (the principal's tags are checked equal on a hit): Cedar has no
+    /// clock or randomness, and a policy set never changes once loaded.
+    pub(super) decisions: Arc<Mutex<DecisionCache>>,
 }
 
 type EntityCache = HashMap<(String, String), (Principal, String, Arc<Entities>)>;
+pub(super) type DecisionCache = HashMap<String, (Principal, Decision)>;
+/// Decisions kept before the cache starts over.
+const DECISION_CACHE: usize = 4096;
+
+/// The context attributes the policies read, from their syntax trees.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct ContextReads {
+    /// Read by name (`context.tables`, `context has grant`).
+    pub(super) attributes: std::collections::BTreeSet<String>,
+    /// Some policy uses the context as a whole value, or the trees could not be read:
+    /// every attribute counts.
+    pub(super) whole: bool,
+}
+
+impl ContextReads {
+    fn of(policies: &PolicySet) -> ContextReads {
+        let mut reads = ContextReads::default();
+        for policy in policies.policies() {
+            match policy.to_json() {
+                Ok(tree) => reads.walk(&tree),
+                Err(_) => reads.whole = true,
+            }
+        }
+        reads
+    }
+
+    fn is_context(v: &serde_json::Value) -> bool {
+        v.get("Var").and_then(serde_json::Value::as_str) == Some("context")
+    }
+
+    /// In Cedar's JSON policy format `context.x` is `{".": {"left": {"Var": "context"},
+    /// "attr": "x"}}` and `context has x` the same under `"has"`; any other `{"Var":
+    /// "context"}` is the context used whole.
+    fn walk(&mut self, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::Object(fields) => {
+                if Self::is_context(v) {
+                    self.whole = true;
+                    return;
+                }
+                for (key, inner) in fields {
+                    if (key == "." || key == "has")
+                        && let Some(left) = inner.get("left")
+                        && Self::is_context(left)
+                    {
+                        match inner.get("attr").and_then(serde_json::Value::as_str) {
+                            Some(attr) => {
+                                self.attributes.insert(attr.to_owned());
+                            }
+                            None => self.whole = true,
+                        }
+                        continue;
+                    }
+                    self.walk(inner);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| self.walk(i)),
+            _ => {}
+        }
+    }
+
+    /// The part of `context` a decision depends on, as a cache key; `None` when that is the
+    /// statement or request text itself, which makes every decision new (not worth keeping).
+    pub(super) fn key(&self, context: &serde_json::Value) -> Option<String> {
+        if self.whole {
+            return None;
+        }
+        let mut key = String::new();
+        for attr in &self.attributes {
+            if let Some(value) = context.get(attr) {
+                if attr == "statement" || attr == "path" {
+                    return None;
+                }
+                key.push_str(attr);
+                key.push('=');
+                key.push_str(&value.to_string());
+                key.push('\u{1f}');
+            }
+        }
+        Some(key)
+    }
+}
 /// Entries kept before the cache starts over (bounded memory, whatever the callers).
 const ENTITY_CACHE: usize = 256;
 
@@ -161,6 +250,8 @@ impl Default for Authz {
             policies: PolicySet::new(),
             info: BTreeMap::new(),
             entities: Arc::default(),
+            reads: Arc::default(),
+            decisions: Arc::default(),
         }
     }
 }
@@ -375,9 +466,11 @@ impl CedarLoader {
         }
         if self.diagnostics.is_empty() {
             Some(Authz {
+                reads: Arc::new(ContextReads::of(&policies)),
                 policies,
                 info: std::mem::take(&mut self.info),
                 entities: Arc::default(),
+                decisions: Arc::default(),
             })
         } else {
             None
@@ -515,10 +608,36 @@ impl Authz {
         resource: &Resource,
         context: serde_json::Value,
     ) -> Result<Decision, AuthzError> {
-        self.decide_with(principal, action_name, resource, context, false)
+        let Some(read) = self.reads.key(&context) else {
+            return self.decide_with(principal, action_name, resource, context, false);
+        };
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{action_name}\u{0}{read}",
+            principal.name,
+            resource.name,
+            resource.protocol.as_str()
+        );
+        fn lock(m: &Mutex<DecisionCache>) -> std::sync::MutexGuard<'_, DecisionCache> {
+            match m.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            }
+        }
+        if let Some((p, decision)) = lock(&self.decisions).get(&key)
+            && p == principal
+        {
+            return Ok(decision.clone());
+        }
+        let decision = self.decide_with(principal, action_name, resource, context, false)?;
+        let mut cache = lock(&self.decisions);
+        if cache.len() >= DECISION_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, (principal.clone(), decision.clone()));
+        Ok(decision)
     }
 
-    fn decide_with(
+    pub(super) fn decide_with(
         &self,
         principal: &Principal,
         action_name: &str,

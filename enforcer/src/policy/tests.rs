@@ -488,3 +488,85 @@ fn gateways_route_to_their_resource_and_are_validated() {
     );
     assert!(errs[3].contains("specific address"), "{errs:?}");
 }
+
+/// Remembered decisions answer as Cedar would: what a policy reads of the context is part of
+/// the key, what none reads is not.
+#[test]
+fn remembered_decisions_follow_what_policies_read() {
+    let policy = with_cedar(
+        "@id(\"reads\")\npermit (principal, action == Enforcer::Action::\"sql:read\", resource);\n\
+         @id(\"orders-writes\")\npermit (principal, action == Enforcer::Action::\"sql:write\", resource)\n\
+           when { context.tables.contains(\"orders\") && context has grant && context.grant == \"write\" };\n",
+    )
+    .expect("valid");
+    let authz = &policy.authz;
+    assert_eq!(
+        authz
+            .reads
+            .attributes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["grant", "tables"]
+    );
+    assert!(!authz.reads.whole);
+    let principal = crate::policy::Principal::local();
+    let db = &policy.resources[0];
+    let decide = |action: &str, tables: &[&str], statement: &str, grant: &str| {
+        let context = serde_json::json!({"tables": tables, "statement": statement, "grant": grant});
+        let remembered = authz
+            .decide_trusted(&principal, action, db, context.clone())
+            .expect("decides");
+        let fresh = authz
+            .decide_with(&principal, action, db, context, false)
+            .expect("decides");
+        assert_eq!(remembered, fresh, "{action} {tables:?} {grant}");
+        remembered.allowed
+    };
+    for _ in 0..2 {
+        assert!(decide("sql:read", &["t"], "SELECT 1", ""));
+        assert!(decide("sql:read", &["t"], "SELECT 2", ""));
+        assert!(!decide("sql:write", &["orders"], "DELETE FROM orders", ""));
+        assert!(decide(
+            "sql:write",
+            &["orders"],
+            "DELETE FROM orders",
+            "write"
+        ));
+        assert!(!decide(
+            "sql:write",
+            &["customers"],
+            "DELETE FROM customers",
+            "write"
+        ));
+    }
+    // Statements differ but nothing reads them: one entry per (action, tables, grant).
+    assert_eq!(authz.decisions.lock().expect("lock").len(), 4);
+
+    let whole = with_cedar(
+        "permit (principal, action == Enforcer::Action::\"sql:read\", resource) when { context == {\"tables\": [\"t\"], \"statement\": \"x\", \"grant\": \"\"} };\n",
+    )
+    .expect("valid");
+    assert!(whole.authz.reads.whole);
+    let statement = with_cedar(
+        "permit (principal, action == Enforcer::Action::\"sql:read\", resource) when { context.statement like \"SELECT*\" };\n",
+    )
+    .expect("valid");
+    let context = serde_json::json!({"tables": [], "statement": "SELECT 1", "grant": ""});
+    assert_eq!(statement.authz.reads.key(&context), None);
+    assert!(
+        statement
+            .authz
+            .decide_trusted(&principal, "sql:read", &statement.resources[0], context)
+            .expect("decides")
+            .allowed
+    );
+    let denied = serde_json::json!({"tables": [], "statement": "DELETE FROM t", "grant": ""});
+    assert!(
+        !statement
+            .authz
+            .decide_trusted(&principal, "sql:read", &statement.resources[0], denied)
+            .expect("decides")
+            .allowed
+    );
+}

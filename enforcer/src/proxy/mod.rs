@@ -7,10 +7,12 @@
 mod connection;
 mod relay;
 mod sessions;
+mod shards;
 
 pub use connection::{Connection, OUTSIDE};
 pub use relay::{RelayError, RelayStats, connect_upstream, relay};
 pub use sessions::{SessionGuard, SessionInfo, Sessions};
+pub use shards::{Shards, default_threads};
 
 use std::{
     net::SocketAddr,
@@ -40,6 +42,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the proxy's connection threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// Where the admin API listens, and the router that serves it to the workload.
@@ -296,7 +300,10 @@ impl Proxy {
                 ),
             };
             self.count("deny", "deny", "");
-            let _ = self.recorder.record(Event::ConnectionDecided(event)).await;
+            let _ = self
+                .recorder
+                .record_written(Event::ConnectionDecided(event))
+                .await;
             reset(stream);
             return;
         };
@@ -346,7 +353,7 @@ impl Proxy {
         };
         if self
             .recorder
-            .record(Event::ConnectionDecided(decided))
+            .record_written(Event::ConnectionDecided(decided))
             .await
             .is_err()
         {
@@ -433,7 +440,10 @@ impl Proxy {
             duration_ms: started.elapsed().as_millis() as u64,
             error,
         };
-        let _ = self.recorder.record(Event::ConnectionClosed(closed)).await;
+        let _ = self
+            .recorder
+            .record_soon(Event::ConnectionClosed(closed))
+            .await;
     }
 
     async fn serve_admin(&self, stream: TcpStream, conn: &Connection) {

@@ -50,7 +50,14 @@ pub struct AuditLog {
     seq: u64,
     prev: String,
     appended: u64,
+    /// Whole lines chained but not yet written: appends that may wait go out with the next
+    /// one that may not, or at the next sync, in one write.
+    pending: Vec<u8>,
 }
+
+/// Lines held back beyond this are written at once: a bound on what a crash of enforcer
+/// itself could take, and on memory.
+const PENDING_MAX: usize = 64 << 10;
 
 /// The last link of the chain: `(seq, hash)`.
 pub type Link = (u64, String);
@@ -131,6 +138,7 @@ impl AuditLog {
             seq,
             prev,
             appended: 0,
+            pending: Vec::with_capacity(PENDING_MAX),
         };
         // A head exists from the start, so that a missing head always means tampering.
         if !head_path(path).exists() {
@@ -139,30 +147,66 @@ impl AuditLog {
         Ok(log)
     }
 
+    /// Chains `event` and writes it, with any lines held back before it, to the file.
     pub fn append(&mut self, event: &Event) -> Result<(), AuditError> {
+        self.append_at(event, &now_rfc3339(), true)
+    }
+
+    /// Chains `event` stamped `time`. With `now`, the line (and every line held back before
+    /// it) is in the file when this returns; otherwise it may wait for the next such append
+    /// or [`AuditLog::flush`], which the recorder runs at least every 50 ms. The chain's
+    /// order is the order of the calls either way.
+    pub fn append_at(&mut self, event: &Event, time: &str, now: bool) -> Result<(), AuditError> {
         let seq = self.seq + 1;
-        let time = now_rfc3339();
-        let body = format!(
-            "{{\"seq\":{seq},\"time\":{},\"prev\":\"{}\",\"event\":{}",
-            serde_json::to_string(&time)?,
-            self.prev,
-            serde_json::to_string(event)?
-        );
-        let hash = chain_hash(&body);
-        let line = format!("{body},\"hash\":\"{hash}\"}}\n");
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|source| AuditError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+        let start = self.pending.len();
+        let built = (|| -> Result<(), AuditError> {
+            let line = &mut self.pending;
+            line.extend_from_slice(b"{\"seq\":");
+            line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+            line.extend_from_slice(b",\"time\":");
+            serde_json::to_writer(&mut *line, time)?;
+            line.extend_from_slice(b",\"prev\":\"");
+            line.extend_from_slice(self.prev.as_bytes());
+            line.extend_from_slice(b"\",\"event\":");
+            serde_json::to_writer(&mut *line, event)?;
+            Ok(())
+        })();
+        if let Err(e) = built {
+            self.pending.truncate(start);
+            return Err(e);
+        }
+        let hash = chain_hash_bytes(&self.pending[start..]);
+        self.pending.extend_from_slice(b",\"hash\":\"");
+        self.pending.extend_from_slice(hash.as_bytes());
+        self.pending.extend_from_slice(b"\"}\n");
         self.seq = seq;
         self.prev = hash;
         self.appended += 1;
+        if now || self.pending.len() >= PENDING_MAX {
+            self.flush()?;
+        }
         Ok(())
     }
 
+    /// Writes the lines held back.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self.file.write_all(&self.pending);
+        // Written or not, the lines are not written twice: a failed write fails the recorder
+        // for good (it refuses everything from then on).
+        self.pending.clear();
+        written.map_err(|source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The last link written to the file (lines held back are not in it yet: call
+    /// [`AuditLog::flush`] first to include them).
     pub fn link(&self) -> Link {
+        debug_assert!(self.pending.is_empty(), "link() with lines held back");
         (self.seq, self.prev.clone())
     }
 
@@ -183,6 +227,7 @@ impl AuditLog {
 
     /// Makes what was appended durable and records the chain head.
     pub fn sync(&mut self) -> Result<(), AuditError> {
+        self.flush()?;
         self.sync_handle()?.sync(&self.link())
     }
 
@@ -219,15 +264,22 @@ fn head_path(path: &Path) -> PathBuf {
 }
 
 fn chain_hash(body: &str) -> String {
+    chain_hash_bytes(body.as_bytes())
+}
+
+fn chain_hash_bytes(body: &[u8]) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(body.as_bytes());
+    hasher.update(body);
     hasher.update(b"}");
     hex::encode(hasher.finalize())
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+pub(super) fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| String::from("unknown"))
 }
 
@@ -414,6 +466,32 @@ mod tests {
             verify(&path).expect("verify"),
             Verdict::Intact { records: 6, .. }
         ));
+    }
+
+    #[test]
+    fn held_back_lines_go_out_in_order_with_the_next_written_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path).expect("open");
+        log.append_at(&event(1), "t", false).expect("append");
+        log.append_at(&event(2), "t", false).expect("append");
+        assert!(lines(&path).is_empty(), "held back until written");
+        log.append_at(&event(3), "t", true).expect("append");
+        let written = lines(&path);
+        assert_eq!(written.len(), 3);
+        for (n, line) in written.iter().enumerate() {
+            assert!(line.starts_with(&format!("{{\"seq\":{},", n + 1)), "{line}");
+        }
+        log.append_at(&event(4), "t", false).expect("append");
+        log.sync().expect("sync writes what is held back first");
+        assert_eq!(lines(&path).len(), 4);
+        assert_eq!(
+            verify(&path).expect("verify"),
+            Verdict::Intact {
+                records: 4,
+                head: log.link().1
+            }
+        );
     }
 
     #[test]

@@ -170,8 +170,160 @@ pub enum Event {
     StreamFrame(StreamFrame),
 }
 
+/// One enforcement log line being written: a flat JSON object.
+struct Line<'a>(&'a mut Vec<u8>);
+
+impl Line<'_> {
+    fn key(&mut self, key: &str) {
+        // Keys are this file's own literals: nothing to escape.
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.0, value);
+        self
+    }
+
+    fn opt(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        self.str(key, value.unwrap_or(""))
+    }
+
+    fn list(&mut self, key: &str, values: &[String]) -> &mut Self {
+        self.str(key, &values.join(","))
+    }
+
+    fn num(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self
+    }
+}
+
 impl Event {
-    /// Emits the event as one structured `tracing` line (the enforcement log).
+    /// Writes the event as one enforcement log line (JSON, the shape log shippers read:
+    /// timestamp, level, message, the event's fields, target) into `out`; `false` for events
+    /// the enforcement log leaves to the audit log (stream content).
+    pub fn log_line(&self, at: time::OffsetDateTime, out: &mut Vec<u8>) -> bool {
+        use std::borrow::Cow;
+        let (level, message): (&str, Cow<'_, str>) = match self {
+            Event::ConnectionDecided(e) if e.decision == "deny" => {
+                ("WARN", "connection denied".into())
+            }
+            Event::ConnectionDecided(_) => ("INFO", "connection allowed".into()),
+            Event::ConnectionClosed(_) => ("INFO", "connection closed".into()),
+            Event::Statement(e) => ("INFO", format!("statement {}", e.decision).into()),
+            Event::StatementDone(_) => ("INFO", "statement done".into()),
+            Event::Grant(e) => ("INFO", format!("grant {}", e.action).into()),
+            Event::Approval(e) => ("INFO", format!("approval {}", e.action).into()),
+            Event::StreamFrame(_) => return false,
+        };
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(at, out);
+        out.extend_from_slice(b"\"");
+        let mut line = Line(out);
+        line.str("level", level).str("message", &message);
+        match self {
+            Event::ConnectionDecided(e) => {
+                let (pid, tid, uid, gid, comm) = match &e.process {
+                    Some(p) => (p.pid, p.tid, p.uid, p.gid, p.comm.as_str()),
+                    None => (0, 0, u32::MAX, u32::MAX, ""),
+                };
+                line.str("event", "connection_decided")
+                    .num("connection", e.connection)
+                    .str("workload", &e.workload)
+                    .str("principal", &e.principal)
+                    .num("pid", pid.into())
+                    .num("tid", tid.into())
+                    .num("uid", uid.into())
+                    .num("gid", gid.into())
+                    .str("comm", comm)
+                    .str("peer", &e.peer.to_string())
+                    .str(
+                        "orig_dst",
+                        &e.orig_dst.map(|a| a.to_string()).unwrap_or_default(),
+                    )
+                    .str("decision", &e.decision)
+                    .str("route", &e.route)
+                    .opt("rule", e.rule.as_deref());
+                if e.decision == "deny" {
+                    line.opt("reason", e.reason.as_deref());
+                }
+            }
+            Event::ConnectionClosed(e) => {
+                line.str("event", "connection_closed")
+                    .num("connection", e.connection)
+                    .str("workload", &e.workload)
+                    .opt("rule", e.rule.as_deref())
+                    .num("bytes_to_upstream", e.bytes_to_upstream)
+                    .num("bytes_to_client", e.bytes_to_client)
+                    .num("duration_ms", e.duration_ms)
+                    .opt("error", e.error.as_deref());
+            }
+            Event::Statement(e) => {
+                line.str("event", "statement")
+                    .num("connection", e.connection)
+                    .str("workload", &e.workload)
+                    .str("principal", &e.principal)
+                    .str("resource", &e.resource)
+                    .str("action", &e.action)
+                    .list("tables", &e.tables)
+                    .str("statement", &e.statement)
+                    .str("decision", &e.decision)
+                    .list("policies", &e.policies)
+                    .opt("grant", e.grant.as_deref())
+                    .opt("approval", e.approval.as_deref())
+                    .opt("reason", e.reason.as_deref());
+            }
+            Event::StatementDone(e) => {
+                line.str("event", "statement_done")
+                    .num("connection", e.connection)
+                    .str("resource", &e.resource)
+                    .str("tag", &e.tag)
+                    .num("rows_returned", e.rows_returned)
+                    .num("rows_affected", e.rows_affected.unwrap_or(0))
+                    .num("duration_us", e.duration_us)
+                    .opt("error", e.error.as_deref());
+            }
+            Event::Grant(e) => {
+                line.str("event", "grant")
+                    .str("action", &e.action)
+                    .str("grant", &e.grant)
+                    .str("workload", &e.workload)
+                    .str("principal", &e.principal)
+                    .str("resource", &e.resource)
+                    .str("access", &e.access)
+                    .str("reason", &e.reason)
+                    .opt("by", e.by.as_deref())
+                    .list("policies", &e.policies)
+                    .opt("detail", e.detail.as_deref());
+            }
+            Event::Approval(e) => {
+                line.str("event", "approval")
+                    .str("action", &e.action)
+                    .str("approval", &e.approval)
+                    .str("approval_kind", &e.approval_kind)
+                    .str("subject", &e.subject)
+                    .str("workload", &e.workload)
+                    .str("principal", &e.principal)
+                    .str("resource", &e.resource)
+                    .opt("by", e.by.as_deref())
+                    .opt("reason", e.reason.as_deref());
+            }
+            Event::StreamFrame(_) => {}
+        }
+        line.str("target", "enforcer::decision");
+        out.extend_from_slice(b"}\n");
+        true
+    }
+
+    /// Emits the event through `tracing`, for people reading stderr (RUST_LOG decides what
+    /// they see; denied connections by default). The enforcement log file is written by the
+    /// recorder ([`Event::log_line`]).
     pub fn log(&self) {
         match self {
             Event::ConnectionDecided(e) => {
@@ -296,4 +448,20 @@ impl Event {
             ),
         }
     }
+}
+
+/// `2026-12-03T06:51:08.969074Z`: UTC, microseconds, as log shippers parse it.
+fn write_timestamp(at: time::OffsetDateTime, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    );
 }

@@ -1,6 +1,6 @@
 //! Recording: every decision enforcer takes becomes an [`Event`], written both as a JSON line
-//! in the enforcement log (through `tracing`, for log shippers) and into the hash-chained audit
-//! file ([`audit`]) that `enforcer audit verify` checks.
+//! in the enforcement log (for log shippers) and into the hash-chained audit file ([`audit`])
+//! that `enforcer audit verify` checks.
 
 pub mod audit;
 mod event;
@@ -10,27 +10,38 @@ pub use event::{
     StatementDecided, StatementDone, StreamFrame,
 };
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
-    mpsc,
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufWriter, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
 };
 
 use audit::{AuditError, AuditLog};
 
-/// How long an appended record may wait for fsync. Records reach the file (and so survive a
-/// crash of enforcer) before `record` returns; this only bounds what a power loss can take.
-/// Syncing after every record would cost each statement a disk flush.
+/// How long an appended record may wait for fsync, and a record appended with
+/// [`Recorder::record_soon`] (or an enforcement log line) for its write. Records written with
+/// [`Recorder::record_written`] reach the file (and so survive a crash of enforcer) before the
+/// call returns; this only bounds what a power loss can take. Syncing after every record would
+/// cost each statement a disk flush.
 const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Writes events to the enforcement log and the audit chain. Cloned into every connection
 /// task.
 ///
-/// Appends happen on the caller's thread, under one lock, before `record` returns: a
-/// statement or connection goes on only once its record is in the file (backpressure by
-/// construction, nothing queued to lose), and no thread hop sits on a statement's path. A
-/// background thread makes the appends durable every [`SYNC_EVERY`]. If a write fails,
-/// recording fails from then on and callers refuse what they were about to let through.
+/// Appends happen on the caller's thread, under one lock, before `record_*` returns: nothing
+/// is queued to another thread (so nothing queued can be lost or fall behind: a busy writer
+/// slows its callers, which is the backpressure), and no thread hop sits on a statement's
+/// path. What an operation's going ahead rests on (a decision) is written before the call
+/// returns; what only reports on something done (a statement's outcome, a connection's close)
+/// is chained at once and written with the next record or within 50 ms, so a statement costs
+/// one write. A background thread makes the appends durable every [`SYNC_EVERY`]. If a write
+/// fails, recording fails from then on and callers refuse what they were about to let through.
 #[derive(Clone)]
 pub struct Recorder {
     shared: Arc<Shared>,
@@ -39,9 +50,48 @@ pub struct Recorder {
 }
 
 struct Shared {
-    log: Mutex<AuditLog>,
+    sinks: Mutex<Sinks>,
     dirty: AtomicBool,
     failed: AtomicBool,
+}
+
+/// Where a record goes, behind one lock so that both see the same order.
+struct Sinks {
+    audit: AuditLog,
+    /// The enforcement log (JSON lines for log shippers), written in batches.
+    log: Option<EnforcementLog>,
+    /// One line's bytes, reused.
+    line: Vec<u8>,
+}
+
+struct EnforcementLog {
+    path: std::path::PathBuf,
+    file: BufWriter<File>,
+    /// A write failure is reported once, not per line.
+    failed: bool,
+}
+
+impl EnforcementLog {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.file.write_all(bytes) {
+            self.fail(&e);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.file.flush() {
+            self.fail(&e);
+        }
+    }
+
+    fn fail(&mut self, e: &std::io::Error) {
+        // The audit chain is the record enforcement rests on; this file is a copy for log
+        // shippers, so losing it is reported, not fatal.
+        if !self.failed {
+            self.failed = true;
+            tracing::error!(path = %self.path.display(), error = %e, "the enforcement log cannot be written; the audit log still records every decision");
+        }
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -54,20 +104,47 @@ impl std::fmt::Debug for Recorder {
 #[error("the audit log cannot be written; refusing to continue unrecorded")]
 pub struct RecorderClosed;
 
-fn lock(log: &Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {
-    match log.lock() {
+fn lock(sinks: &Mutex<Sinks>) -> std::sync::MutexGuard<'_, Sinks> {
+    match sinks.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
 }
 
 impl Recorder {
-    /// Starts recording into `log`. The thread returned syncs it and, once every recorder is
-    /// gone, syncs a last time and returns how many records this run appended.
-    pub fn start(log: AuditLog) -> (Recorder, std::thread::JoinHandle<Result<u64, AuditError>>) {
+    /// Starts recording into `log` and, when given, the enforcement log at `enforcement_log`
+    /// (appended to, created if missing). The thread returned syncs them and, once every
+    /// recorder is gone, syncs a last time and returns how many records this run appended.
+    pub fn start(
+        log: AuditLog,
+        enforcement_log: Option<&Path>,
+    ) -> Result<(Recorder, std::thread::JoinHandle<Result<u64, AuditError>>), AuditError> {
+        let log_file = enforcement_log
+            .map(|path| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)
+                    .map(|file| EnforcementLog {
+                        path: path.to_owned(),
+                        file: BufWriter::with_capacity(256 << 10, file),
+                        failed: false,
+                    })
+                    .map_err(|source| AuditError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })
+            })
+            .transpose()?;
         let (alive, gone) = mpsc::channel();
         let shared = Arc::new(Shared {
-            log: Mutex::new(log),
+            sinks: Mutex::new(Sinks {
+                audit: log,
+                log: log_file,
+                line: Vec::with_capacity(1024),
+            }),
             dirty: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         });
@@ -78,65 +155,84 @@ impl Recorder {
                 .spawn(move || sync_until_closed(&shared, &gone))
                 .unwrap_or_else(|e| panic!("cannot start the audit sync thread: {e}"))
         };
-        (
+        Ok((
             Recorder {
                 shared,
                 _alive: alive,
             },
             syncer,
-        )
+        ))
     }
 
-    /// Records the event: in the enforcement log and appended to the audit chain when this
-    /// returns (synced within 50 ms). For what is let through on the strength of its record.
+    /// Records the event: in the audit file when this returns (synced within 50 ms), and in
+    /// the enforcement log within 50 ms. For what is let through on the strength of its
+    /// record: a decision, a relayed frame.
     pub async fn record_written(&self, event: Event) -> Result<(), RecorderClosed> {
-        self.write(&event)
+        self.write(&event, true)
     }
 
-    /// Records the event (the same guarantee as [`Recorder::record_written`]; both names are
-    /// kept for what the call site relies on).
-    pub async fn record(&self, event: Event) -> Result<(), RecorderClosed> {
-        self.write(&event)
+    /// Records an event that reports on something already done (a statement's outcome, a
+    /// connection's end): chained now, in the file with the next written record or within
+    /// 50 ms.
+    pub async fn record_soon(&self, event: Event) -> Result<(), RecorderClosed> {
+        self.write(&event, false)
     }
 
-    fn write(&self, event: &Event) -> Result<(), RecorderClosed> {
-        let mut log = lock(&self.shared.log);
-        if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(RecorderClosed);
-        }
-        event.log();
-        match log.append(event) {
-            Ok(()) => {
-                self.shared.dirty.store(true, Ordering::Release);
-                Ok(())
+    fn write(&self, event: &Event, now: bool) -> Result<(), RecorderClosed> {
+        {
+            let mut sinks = lock(&self.shared.sinks);
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return Err(RecorderClosed);
             }
-            Err(e) => {
+            let stamp = time::OffsetDateTime::now_utc();
+            let time = audit::rfc3339(stamp);
+            let Sinks { audit, log, line } = &mut *sinks;
+            if let Err(e) = audit.append_at(event, &time, now) {
                 tracing::error!(error = %e, "audit log write failed; enforcement refuses from now on");
                 self.shared.failed.store(true, Ordering::Relaxed);
-                Err(RecorderClosed)
+                return Err(RecorderClosed);
             }
+            if let Some(log) = log {
+                line.clear();
+                if event.log_line(stamp, line) {
+                    log.write(line);
+                }
+            }
+            self.shared.dirty.store(true, Ordering::Release);
         }
+        // Human-readable, on stderr, as RUST_LOG asks (denied connections by default).
+        event.log();
+        Ok(())
     }
 }
 
 fn sync_until_closed(shared: &Shared, gone: &mpsc::Receiver<()>) -> Result<u64, AuditError> {
-    let handle = lock(&shared.log).sync_handle()?;
+    let handle = lock(&shared.sinks).audit.sync_handle()?;
+    let fail = |e: AuditError| {
+        shared.failed.store(true, Ordering::Relaxed);
+        e
+    };
     loop {
         let closed = matches!(
             gone.recv_timeout(SYNC_EVERY),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
         if shared.dirty.swap(false, Ordering::Acquire) || closed {
-            // The link is taken first: the sync then covers it (and perhaps more), so the
-            // head never names a record that is not durable.
-            let link = lock(&shared.log).link();
-            if let Err(e) = handle.sync(&link) {
-                shared.failed.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
+            // Lines held back are written and the link taken under the lock; the sync then
+            // covers them (and perhaps more), so the head never names a record that is not
+            // durable.
+            let link = {
+                let mut sinks = lock(&shared.sinks);
+                if let Some(log) = &mut sinks.log {
+                    log.flush();
+                }
+                sinks.audit.flush().map_err(fail)?;
+                sinks.audit.link()
+            };
+            handle.sync(&link).map_err(fail)?;
         }
         if closed {
-            return Ok(lock(&shared.log).appended());
+            return Ok(lock(&shared.sinks).audit.appended());
         }
     }
 }

@@ -1087,7 +1087,7 @@ async fn finished(
         .observe(duration.as_secs_f64());
     let _ = ctx
         .recorder
-        .record(Event::StatementDone(StatementDone {
+        .record_soon(Event::StatementDone(StatementDone {
             connection: conn.id,
             resource: resource.name.clone(),
             tag,

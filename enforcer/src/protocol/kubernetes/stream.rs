@@ -242,7 +242,7 @@ where
         bytes += content.len() as u64;
         if record
             .recorder
-            .record(record.frame(direction, channel, &content))
+            .record_written(record.frame(direction, channel, &content))
             .await
             .is_err()
         {

@@ -37,7 +37,7 @@ use tokio::{
 use super::{
     PgError,
     catalog::{Described, Scope},
-    classify::{Classified, classify},
+    classify::{Classified, Classifier},
     copy::{CopyFormat, CopyMasker},
     frame::{DataRowValues, FrameReader, body, decode},
     frontend_context,
@@ -337,6 +337,7 @@ pub async fn run(
         upstream: addr,
         database,
         user: secret.user.clone(),
+        classifier: StdMutex::default(),
     };
     let result = tokio::select! {
         r = session.client_to_server(&mut creader, &mut uw) => r,
@@ -471,6 +472,7 @@ struct Session<'a, W> {
     upstream: SocketAddr,
     database: String,
     user: String,
+    classifier: StdMutex<Classifier>,
 }
 
 /// A statement prepared by the client, as decided at Parse.
@@ -703,7 +705,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         text: &str,
         consume: bool,
     ) -> Result<Result<Vec<CopyPlan>, String>, PgError> {
-        let statements = match classify(text) {
+        let classified = match self.classifier.lock() {
+            Ok(mut c) => c.classify(text),
+            Err(p) => p.into_inner().classify(text),
+        };
+        let statements = match classified {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("enforcer: {e}");
@@ -837,7 +843,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
 
     /// Decides the one statement of a Parse.
     async fn decide_prepared(&self, text: &str) -> Result<Result<Prepared, String>, PgError> {
-        let statements = match classify(text) {
+        let classified = match self.classifier.lock() {
+            Ok(mut c) => c.classify(text),
+            Err(p) => p.into_inner().classify(text),
+        };
+        let statements = match classified {
             Ok(s) => s,
             Err(e) => {
                 self.record_text(
@@ -1189,7 +1199,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     .observe(done.duration_us as f64 / 1e6);
                 self.ctx
                     .recorder
-                    .record(Event::StatementDone(done))
+                    .record_soon(Event::StatementDone(done))
                     .await
                     .map_err(|_| PgError::Recorder)?;
             }
