@@ -295,6 +295,26 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         err.contains("enforcer grant request --resource cluster --access write"),
         "{err}"
     );
+    // Impersonation would make an allowed request run as someone else: refused.
+    let as_admin = kubectl(&["get", "pods", "-n", "default", "--as", "system:admin"]);
+    assert!(!as_admin.status.success());
+    assert!(
+        stderr(&as_admin).contains("may not impersonate (the impersonate-user header)"),
+        "{}",
+        describe(&as_admin)
+    );
+    // A proxied GET is not a read: it reaches whatever the pod serves.
+    let proxied = kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web-0/proxy/env",
+    ]);
+    assert!(!proxied.status.success(), "{}", describe(&proxied));
+    assert!(
+        stderr(&proxied).contains("(exec)"),
+        "{}",
+        describe(&proxied)
+    );
     // exec is refused before any stream is opened.
     let exec = kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]);
     assert!(!exec.status.success(), "{}", describe(&exec));

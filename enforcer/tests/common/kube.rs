@@ -398,6 +398,17 @@ fn answer(
         if wants_table {
             table(&items)
         } else {
+            // As the API server lists them: items do not repeat their kind and version.
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|mut item| {
+                    if let Some(fields) = item.as_object_mut() {
+                        fields.remove("kind");
+                        fields.remove("apiVersion");
+                    }
+                    item
+                })
+                .collect();
             json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": items})
         }
     };

@@ -18,8 +18,16 @@ const REDACTED_B64: &str = "W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==";
 /// Redacts every Secret in `value`, and what the profile's `keys` name; returns how many
 /// values were replaced.
 pub fn redact(value: &mut Value, profile: &Profile) -> usize {
+    redact_as(value, profile, None)
+}
+
+/// [`redact`] for the answer to a request for objects of `kind` (`Secret` for a request to
+/// `secrets`): an object there that does not say its kind is taken to be one. The API server
+/// leaves `kind` out of a list's items (`SecretList.items`) and may leave it out of a Table
+/// row's object; a redaction that waited for `"kind": "Secret"` would pass them on.
+pub fn redact_as(value: &mut Value, profile: &Profile, kind: Option<&str>) -> usize {
     let mut count = 0;
-    walk(value, profile, &mut count);
+    walk(value, profile, &mut count, kind);
     count
 }
 
@@ -54,11 +62,24 @@ fn replace_keys(
     }
 }
 
-fn walk(value: &mut Value, profile: &Profile, count: &mut usize) {
+fn walk(value: &mut Value, profile: &Profile, count: &mut usize, implied: Option<&str>) {
     match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| walk(v, profile, count)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| walk(v, profile, count, implied)),
         Value::Object(map) => {
-            match map.get("kind").and_then(Value::as_str) {
+            let kind = match map.get("kind").and_then(Value::as_str) {
+                Some(k) => Some(k.to_owned()),
+                None if map.contains_key("metadata") => implied.map(str::to_owned),
+                None => None,
+            };
+            // The items of an `XList` are `X`s, whether or not they say so.
+            let items_kind = kind
+                .as_deref()
+                .and_then(|k| k.strip_suffix("List"))
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned);
+            match kind.as_deref() {
                 Some("Secret") => {
                     replace_all(map, "data", REDACTED_B64, count);
                     replace_all(map, "stringData", REDACTED, count);
@@ -93,7 +114,7 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut usize) {
                 match serde_json::from_str::<Value>(applied) {
                     Ok(mut inner) => {
                         let before = *count;
-                        walk(&mut inner, profile, count);
+                        walk(&mut inner, profile, count, kind.as_deref());
                         if *count > before {
                             *applied = inner.to_string();
                         }
@@ -105,7 +126,13 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut usize) {
                     }
                 }
             }
-            map.values_mut().for_each(|v| walk(v, profile, count));
+            for (key, v) in map.iter_mut() {
+                let inner = match (&items_kind, key.as_str()) {
+                    (Some(k), "items") => Some(k.as_str()),
+                    _ => implied,
+                };
+                walk(v, profile, count, inner);
+            }
         }
         _ => {}
     }
@@ -165,6 +192,39 @@ mod tests {
             {"kind": "Secret", "data": {"k": "dg=="}}}]});
         assert_eq!(redact(&mut table, &Profile::default()), 1);
         assert_eq!(table["rows"][0]["object"]["data"]["k"], REDACTED_B64);
+    }
+
+    /// As a real API server answers: list items and Table row objects without `kind`.
+    #[test]
+    fn objects_that_do_not_say_their_kind_are_redacted_by_where_they_are() {
+        let mut list = json!({
+            "kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"},
+            "items": [
+                {"metadata": {"name": "a"}, "data": {"k": "c2VjcmV0"}, "type": "Opaque"},
+                {"metadata": {"name": "b"}, "stringData": {"k": "secret"}}
+            ]
+        });
+        assert_eq!(redact(&mut list, &Profile::default()), 2);
+        assert_eq!(list["items"][0]["data"]["k"], REDACTED_B64);
+        assert_eq!(list["items"][1]["stringData"]["k"], REDACTED);
+
+        let mut table = json!({
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1",
+            "rows": [{"cells": ["a"], "object": {"metadata": {"name": "a"}, "data": {"k": "c2VjcmV0"}}}]
+        });
+        assert_eq!(redact(&mut table.clone(), &Profile::default()), 0);
+        assert_eq!(
+            redact_as(&mut table, &Profile::default(), Some("Secret")),
+            1
+        );
+        assert_eq!(table["rows"][0]["object"]["data"]["k"], REDACTED_B64);
+        // A watch event's object, kind left out.
+        let mut event =
+            json!({"type": "ADDED", "object": {"metadata": {"name": "a"}, "data": {"k": "eA=="}}});
+        assert_eq!(
+            redact_as(&mut event, &Profile::default(), Some("Secret")),
+            1
+        );
     }
 
     #[test]

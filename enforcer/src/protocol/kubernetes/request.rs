@@ -219,7 +219,10 @@ impl ApiRequest {
             };
         };
         let reading = matches!(self.verb.as_str(), "get" | "list" | "watch");
-        if CONNECT.contains(&subresource.as_str()) {
+        // A proxied GET reaches whatever the node, pod or service serves (the kubelet's pod
+        // list with its environment, any in-cluster HTTP endpoint): not a read of the API.
+        if CONNECT.contains(&subresource.as_str()) || self.verb == "proxy" || subresource == "proxy"
+        {
             return Access::Exec;
         }
         if subresource == "token" || POWER.contains(&resource.as_str()) && !reading {
@@ -230,8 +233,6 @@ impl ApiRequest {
         }
         if reading || (self.verb == "create" && is_review(resource)) {
             Access::Read
-        } else if self.verb == "proxy" || subresource == "proxy" {
-            Access::Exec
         } else {
             Access::Write
         }
@@ -438,6 +439,13 @@ mod tests {
             access("GET", "/api/v1/namespaces/d/pods/p/exec"),
             Access::Exec
         );
+        for proxied in [
+            "/api/v1/nodes/n1/proxy/pods",
+            "/api/v1/namespaces/d/pods/p/proxy/metrics",
+            "/api/v1/namespaces/d/services/s:80/proxy/",
+        ] {
+            assert_eq!(access("GET", proxied), Access::Exec, "{proxied}");
+        }
         assert_eq!(
             access("POST", "/api/v1/namespaces/d/serviceaccounts"),
             Access::Admin

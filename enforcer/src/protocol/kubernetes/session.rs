@@ -432,6 +432,34 @@ impl Session<'_> {
         if is_review(&request) {
             return Ok(self.review(ctx, req, &text).await);
         }
+        // The API server would act as whoever these name, with the injected credential's
+        // right to impersonate: a request enforcer decided as the workload's would run as
+        // someone else's, and the cluster's audit would name that someone.
+        if let Some(name) = req
+            .headers()
+            .keys()
+            .find(|n| n.as_str().starts_with("impersonate-"))
+        {
+            let refusal = format!(
+                "enforcer: requests may not impersonate (the {name} header): they run as the workload"
+            );
+            let _ = self
+                .record(
+                    ctx,
+                    &action,
+                    &text,
+                    "deny",
+                    Vec::new(),
+                    None,
+                    None,
+                    Some(refusal.clone()),
+                )
+                .await;
+            return Ok(full(
+                StatusCode::FORBIDDEN,
+                status::forbidden(&request, &refusal),
+            ));
+        }
         let upgrade = stream::upgrade_of(req.headers());
         if let Some(stream::Upgrade::Other(asked)) = &upgrade
             && is_into_container(&request)
@@ -499,9 +527,13 @@ impl Session<'_> {
         let response = if !redacting {
             response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
         } else if watch {
-            redact_stream(response, self.resource.masking.clone())
+            redact_stream(
+                response,
+                self.resource.masking.clone(),
+                implied_kind(&request),
+            )
         } else {
-            match redact_whole(response, &self.resource.masking).await {
+            match redact_whole(response, &self.resource.masking, implied_kind(&request)).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.done(502, started, Some(e.clone())).await;
@@ -1152,6 +1184,21 @@ const WITH_POD_SPEC: [&str; 9] = [
     "cronjobs",
 ];
 
+/// The kind of object the request is for, where redaction needs to know it (objects in
+/// lists and Table rows may not say).
+fn implied_kind(request: &ApiRequest) -> Option<&'static str> {
+    match &request.kind {
+        Kind::Resource {
+            group, resource, ..
+        } if group.is_empty() => match resource.as_str() {
+            "secrets" => Some("Secret"),
+            "configmaps" => Some("ConfigMap"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Whether the answer may carry values to redact: Secrets always; ConfigMaps and anything
 /// with a pod spec when the profile names keys.
 fn needs_redaction(request: &ApiRequest, profile: &crate::mask::Profile) -> bool {
@@ -1170,6 +1217,7 @@ fn needs_redaction(request: &ApiRequest, profile: &crate::mask::Profile) -> bool
 async fn redact_whole(
     response: Response<Incoming>,
     profile: &crate::mask::Profile,
+    kind: Option<&'static str>,
 ) -> Result<Response<Body>, String> {
     let (mut parts, body) = response.into_parts();
     let limited = http_body_util::Limited::new(body, MAX_REDACTED_BODY);
@@ -1188,7 +1236,7 @@ async fn redact_whole(
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    redact::redact(&mut value, profile);
+    redact::redact_as(&mut value, profile, kind);
     let out = Bytes::from(value.to_string());
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -1204,7 +1252,11 @@ async fn redact_whole(
 }
 
 /// A watch stream, redacted event by event as the events arrive (one JSON object per line).
-fn redact_stream(response: Response<Incoming>, profile: crate::mask::Profile) -> Response<Body> {
+fn redact_stream(
+    response: Response<Incoming>,
+    profile: crate::mask::Profile,
+    kind: Option<&'static str>,
+) -> Response<Body> {
     let (mut parts, mut body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(16);
@@ -1229,7 +1281,7 @@ fn redact_stream(response: Response<Incoming>, profile: crate::mask::Profile) ->
             let mut out = Vec::new();
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                match redact_line(&line, &profile) {
+                match redact_line(&line, &profile, kind) {
                     Some(l) => out.extend_from_slice(&l),
                     None => {
                         let _ = tx
@@ -1244,7 +1296,7 @@ fn redact_stream(response: Response<Incoming>, profile: crate::mask::Profile) ->
             }
         }
         if !pending.is_empty()
-            && let Some(l) = redact_line(&pending, &profile)
+            && let Some(l) = redact_line(&pending, &profile, kind)
         {
             let _ = tx.send(Ok(Bytes::from(l))).await;
         }
@@ -1252,13 +1304,17 @@ fn redact_stream(response: Response<Incoming>, profile: crate::mask::Profile) ->
     Response::from_parts(parts, BoxBody::new(ChannelBody(rx)))
 }
 
-fn redact_line(line: &[u8], profile: &crate::mask::Profile) -> Option<Vec<u8>> {
+fn redact_line(
+    line: &[u8],
+    profile: &crate::mask::Profile,
+    kind: Option<&'static str>,
+) -> Option<Vec<u8>> {
     let text = line.strip_suffix(b"\n").unwrap_or(line);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Some(line.to_vec());
     }
     let mut value: serde_json::Value = serde_json::from_slice(text).ok()?;
-    redact::redact(&mut value, profile);
+    redact::redact_as(&mut value, profile, kind);
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
     Some(out)
