@@ -16,12 +16,7 @@ const REDACTED: &str = "[redacted by enforcer]";
 const REDACTED_B64: &str = "W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==";
 
 /// Redacts every Secret in `value`, and what the profile's `keys` name; returns how many
-/// values were replaced.
-pub fn redact(value: &mut Value, profile: &Profile) -> usize {
-    redact_as(value, profile, None)
-}
-
-/// [`redact`] for the answer to a request for objects of `kind` (`Secret` for a request to
+/// values were replaced. `kind` is what the request asked for (`Secret` for a request to
 /// `secrets`): an object there that does not say its kind is taken to be one. The API server
 /// leaves `kind` out of a list's items (`SecretList.items`) and may leave it out of a Table
 /// row's object; a redaction that waited for `"kind": "Secret"` would pass them on.
@@ -142,6 +137,10 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut usize, implied: Option
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn redact(value: &mut Value, profile: &Profile) -> usize {
+        redact_as(value, profile, None)
+    }
 
     #[test]
     fn secrets_keep_their_keys_and_lose_their_values() {
