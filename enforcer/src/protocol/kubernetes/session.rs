@@ -443,22 +443,7 @@ impl Session<'_> {
             let refusal = format!(
                 "enforcer: requests may not impersonate (the {name} header): they run as the workload"
             );
-            let _ = self
-                .record(
-                    ctx,
-                    &action,
-                    &text,
-                    "deny",
-                    Vec::new(),
-                    None,
-                    None,
-                    Some(refusal.clone()),
-                )
-                .await;
-            return Ok(full(
-                StatusCode::FORBIDDEN,
-                status::forbidden(&request, &refusal),
-            ));
+            return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
         }
         let upgrade = stream::upgrade_of(req.headers());
         if let Some(stream::Upgrade::Other(asked)) = &upgrade
@@ -470,22 +455,7 @@ impl Session<'_> {
         }
         if upgrade.is_some() && !is_into_container(&request) {
             let refusal = "enforcer: only exec, attach and portforward may switch protocols; ask for this over plain HTTP".to_owned();
-            let _ = self
-                .record(
-                    ctx,
-                    &action,
-                    &text,
-                    "deny",
-                    Vec::new(),
-                    None,
-                    None,
-                    Some(refusal.clone()),
-                )
-                .await;
-            return Ok(full(
-                StatusCode::FORBIDDEN,
-                status::forbidden(&request, &refusal),
-            ));
+            return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
         }
         match self.decide(ctx, &request, &action, &text).await {
             Ok(Ok(())) => {}
@@ -690,6 +660,31 @@ impl Session<'_> {
             "enforcer: {action} ({access}) on {} denied: {}{hint}",
             self.resource.name, outcome.why
         )
+    }
+
+    /// Refuses a request before it is decided (it asks for what no policy can allow):
+    /// recorded as denied, answered 403 with `refusal`.
+    async fn refuse(
+        &self,
+        ctx: &HandlerContext<'_>,
+        request: &ApiRequest,
+        action: &str,
+        text: &str,
+        refusal: String,
+    ) -> Response<Body> {
+        let _ = self
+            .record(
+                ctx,
+                action,
+                text,
+                "deny",
+                Vec::new(),
+                None,
+                None,
+                Some(refusal.clone()),
+            )
+            .await;
+        full(StatusCode::FORBIDDEN, status::forbidden(request, &refusal))
     }
 
     /// Refuses a stream into a container asked for over another transport than WebSocket
