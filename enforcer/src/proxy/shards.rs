@@ -103,19 +103,17 @@ impl Shards {
                 .enable_all()
                 .build()
                 .map_err(ProxyError::Threads)?;
+            // Registered with the thread's runtime here, so that a failure fails the start.
+            let listeners = {
+                let _entered = runtime.enter();
+                own.register().map_err(ProxyError::Threads)?
+            };
             let (stop, stopped) = oneshot::channel();
             let proxy = Arc::clone(proxy);
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let listeners = match own.register() {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!("proxy thread {index} cannot listen: {e}");
-                                return;
-                            }
-                        };
                         tokio::select! {
                             () = proxy.serve(listeners) => {}
                             _ = stopped => {}

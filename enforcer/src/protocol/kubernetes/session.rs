@@ -364,17 +364,7 @@ impl Session<'_> {
                     RequestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                let _ = self
-                    .record(
-                        self.ctx,
-                        "k8s:unknown",
-                        &text,
-                        "deny",
-                        Vec::new(),
-                        None,
-                        None,
-                        Some(e.to_string()),
-                    )
+                self.record_refusal(self.ctx, "k8s:unknown", &text, &e.to_string())
                     .await;
                 return Ok(failure(code, "BadRequest", format!("enforcer: {e}")));
             }
@@ -385,17 +375,7 @@ impl Session<'_> {
                 "enforcer cannot authenticate to the API server of {}: {why}",
                 self.resource.name
             );
-            let _ = self
-                .record(
-                    self.ctx,
-                    &action,
-                    &text,
-                    "deny",
-                    Vec::new(),
-                    None,
-                    None,
-                    Some(message.clone()),
-                )
+            self.record_refusal(self.ctx, &action, &text, &message)
                 .await;
             return Ok(failure(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -406,18 +386,7 @@ impl Session<'_> {
         let token = match self.presented_token(req.headers()).await {
             Ok(token) => token,
             Err(why) => {
-                let _ = self
-                    .record(
-                        self.ctx,
-                        &action,
-                        &text,
-                        "deny",
-                        Vec::new(),
-                        None,
-                        None,
-                        Some(why.clone()),
-                    )
-                    .await;
+                self.record_refusal(self.ctx, &action, &text, &why).await;
                 return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
             }
         };
@@ -672,18 +641,7 @@ impl Session<'_> {
         text: &str,
         refusal: String,
     ) -> Response<Body> {
-        let _ = self
-            .record(
-                ctx,
-                action,
-                text,
-                "deny",
-                Vec::new(),
-                None,
-                None,
-                Some(refusal.clone()),
-            )
-            .await;
+        self.record_refusal(ctx, action, text, &refusal).await;
         full(StatusCode::FORBIDDEN, status::forbidden(request, &refusal))
     }
 
@@ -1044,6 +1002,23 @@ impl Session<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Records a request refused before any policy decided it (nothing to name but why).
+    /// A recorder failure is not reported: the request is refused either way.
+    async fn record_refusal(&self, ctx: &HandlerContext<'_>, action: &str, text: &str, why: &str) {
+        let _ = self
+            .record(
+                ctx,
+                action,
+                text,
+                "deny",
+                Vec::new(),
+                None,
+                None,
+                Some(why.to_owned()),
+            )
+            .await;
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
