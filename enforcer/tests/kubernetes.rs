@@ -523,6 +523,16 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     assert!(find("k8s:list", "allow"), "{decided:#?}");
     assert!(find("k8s:delete", "deny"), "{decided:#?}");
     assert!(find("k8s:watch", "allow"), "{decided:#?}");
+    // Each allowed request's end: its status, the bytes of its body and the time to the
+    // body's end.
+    let answered = |e: &serde_json::Value| {
+        e["kind"] == "statement_done"
+            && e["tag"] == "HTTP 200"
+            && e["bytes"].as_u64().is_some_and(|b| b > 100)
+            && e["duration_us"].as_u64().is_some_and(|d| d > 0)
+    };
+    let events = audit_events_with(&env.state.join("audit.jsonl"), answered);
+    assert!(events.iter().any(answered), "{events:#?}");
 
     // A grant token in the kubeconfig: the request carrying it has that grant (one delete);
     // the cluster still sees only the injected credential. Spent, the token opens nothing.
@@ -811,11 +821,14 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
         "{seen:?}"
     );
 
-    // Every message is in the audit chain, under the grant's decision.
-    let events: Vec<_> = read_json_lines(&cluster.env.state.join("audit.jsonl"))
-        .into_iter()
-        .map(|mut r| r["event"].take())
-        .collect();
+    // Every message is in the audit chain, under the grant's decision; the streams' ends
+    // follow within 50 ms.
+    let events = audit_events_with(&cluster.env.state.join("audit.jsonl"), |e| {
+        e["kind"] == "statement_done"
+            && e["tag"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("HTTP 101 v5.channel.k8s.io"))
+    });
     let frame = |direction: &str, channel: &str, text: &str| {
         events.iter().find(|e| {
             e["kind"] == "stream_frame"

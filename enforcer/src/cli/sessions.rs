@@ -153,12 +153,15 @@ fn show(id: u64, state: &std::path::Path, replay: bool) -> anyhow::Result<ExitCo
                 }
             }
             ("statement_done", false) => println!(
-                "{at}  done     {}{} rows returned, {} µs{}",
+                "{at}  done     {}{}, {} µs{}",
                 event["tag"]
                     .as_str()
                     .filter(|t| !t.is_empty())
                     .map_or(String::new(), |t| format!("{} · ", clean(t))),
-                event["rows_returned"],
+                match event["bytes"].as_u64() {
+                    Some(bytes) => format!("{bytes} bytes sent"),
+                    None => format!("{} rows returned", event["rows_returned"]),
+                },
                 event["duration_us"],
                 event["error"]
                     .as_str()

@@ -440,10 +440,7 @@ impl Proxy {
             duration_ms: started.elapsed().as_millis() as u64,
             error,
         };
-        let _ = self
-            .recorder
-            .record_soon(Event::ConnectionClosed(closed))
-            .await;
+        let _ = self.recorder.record_soon(Event::ConnectionClosed(closed));
     }
 
     async fn serve_admin(&self, stream: TcpStream, conn: &Connection) {

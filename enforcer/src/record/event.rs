@@ -133,6 +133,9 @@ pub struct StatementDone {
     pub duration_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Bytes of the answer's body sent to the client (HTTP resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// One message of a stream into a container (exec, attach, port-forward) as relayed.
@@ -287,6 +290,7 @@ impl Event {
                     .num("rows_returned", e.rows_returned)
                     .num("rows_affected", e.rows_affected.unwrap_or(0))
                     .num("duration_us", e.duration_us)
+                    .num("bytes", e.bytes.unwrap_or(0))
                     .opt("error", e.error.as_deref());
             }
             Event::Grant(e) => {

@@ -174,7 +174,8 @@ impl Recorder {
     /// Records an event that reports on something already done (a statement's outcome, a
     /// connection's end): chained now, in the file with the next written record or within
     /// 50 ms.
-    pub async fn record_soon(&self, event: Event) -> Result<(), RecorderClosed> {
+    /// Takes no await: it can run where none is possible (a response body being dropped).
+    pub fn record_soon(&self, event: Event) -> Result<(), RecorderClosed> {
         self.write(&event, false)
     }
 

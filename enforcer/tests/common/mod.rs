@@ -151,6 +151,24 @@ impl Drop for Env {
     }
 }
 
+/// The events of the audit chain at `path` once one of them satisfies `wanted`: outcome
+/// records (a request's end, a connection's close) reach the file within 50 ms of
+/// happening, so a test that just caused one waits for it (at most 5 s, then returns what
+/// is there for the assertion to show).
+pub fn audit_events_with(path: &Path, wanted: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let events: Vec<Value> = read_json_lines(path)
+            .into_iter()
+            .map(|mut r| r["event"].take())
+            .collect();
+        if events.iter().any(&wanted) || std::time::Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn read_json_lines(path: &Path) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();

@@ -462,7 +462,6 @@ impl Session<'_> {
                 ));
             }
         };
-        let code = response.status().as_u16();
         let response = if !redacting {
             response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
         } else if watch {
@@ -486,8 +485,10 @@ impl Session<'_> {
                 }
             }
         };
-        self.done(code, started, None).await;
-        Ok(response)
+        Ok(RecordedBody::wrap(
+            response,
+            Ending::new(self.ctx, self.conn, self.resource, started),
+        ))
     }
 
     /// [`Session::grant_token`]; through the gateway a grant token is the only credential
@@ -920,8 +921,10 @@ impl Session<'_> {
             }
         };
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            self.done(response.status().as_u16(), started, None).await;
-            return response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+            return RecordedBody::wrap(
+                response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()),
+                Ending::new(self.ctx, self.conn, self.resource, started),
+            );
         }
         let subprotocol = response
             .headers()
@@ -1080,25 +1083,135 @@ async fn finished(
     started: Instant,
     error: Option<String>,
 ) {
-    let duration = started.elapsed();
-    ctx.metrics
-        .upstream_seconds
-        .get_or_create(&crate::metrics::ResourceLabels {
-            resource: resource.name.clone(),
-        })
-        .observe(duration.as_secs_f64());
-    let _ = ctx
-        .recorder
-        .record_soon(Event::StatementDone(StatementDone {
+    Ending::new(ctx, conn, resource, started).record(tag, None, error);
+}
+
+/// What the record of an allowed request's end needs, owned, so that the answer's body can
+/// carry it to where the answer ends.
+struct Ending {
+    recorder: crate::record::Recorder,
+    metrics: Arc<crate::metrics::Metrics>,
+    connection: u64,
+    resource: String,
+    started: Instant,
+}
+
+impl Ending {
+    fn new(
+        ctx: &HandlerContext<'_>,
+        conn: &Connection,
+        resource: &Resource,
+        started: Instant,
+    ) -> Ending {
+        Ending {
+            recorder: ctx.recorder.clone(),
+            metrics: Arc::clone(ctx.metrics),
             connection: conn.id,
             resource: resource.name.clone(),
-            tag,
-            rows_returned: 0,
-            rows_affected: None,
-            duration_us: duration.as_micros() as u64,
-            error,
-        }))
-        .await;
+            started,
+        }
+    }
+
+    fn record(self, tag: String, bytes: Option<u64>, error: Option<String>) {
+        let duration = self.started.elapsed();
+        self.metrics
+            .upstream_seconds
+            .get_or_create(&crate::metrics::ResourceLabels {
+                resource: self.resource.clone(),
+            })
+            .observe(duration.as_secs_f64());
+        let _ = self
+            .recorder
+            .record_soon(Event::StatementDone(StatementDone {
+                connection: self.connection,
+                resource: self.resource,
+                tag,
+                rows_returned: 0,
+                rows_affected: None,
+                duration_us: duration.as_micros() as u64,
+                error,
+                bytes,
+            }));
+    }
+}
+
+/// An answer's body on its way to the client, counted; the request's end is recorded when
+/// the body ends (a watch: when it is closed), with the bytes sent and the whole duration.
+struct RecordedBody {
+    inner: Body,
+    code: u16,
+    bytes: u64,
+    ending: Option<Ending>,
+}
+
+impl RecordedBody {
+    fn wrap(response: Response<Body>, ending: Ending) -> Response<Body> {
+        let code = response.status().as_u16();
+        response.map(|inner| {
+            BoxBody::new(RecordedBody {
+                inner,
+                code,
+                bytes: 0,
+                ending: Some(ending),
+            })
+        })
+    }
+
+    fn end(&mut self, note: &str, error: Option<String>) {
+        if let Some(ending) = self.ending.take() {
+            ending.record(format!("HTTP {}{note}", self.code), Some(self.bytes), error);
+        }
+    }
+}
+
+impl hyper::body::Body for RecordedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                // hyper stops polling a body that says it has ended.
+                if this.inner.is_end_stream() {
+                    this.end("", None);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let error = e.to_string();
+                this.end("", Some(error));
+            }
+            Poll::Ready(None) => this.end("", None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.end("", None);
+        } else {
+            // A watch the client stopped, or a client that went away mid-answer.
+            self.end(" (closed by the client)", None);
+        }
+    }
 }
 
 /// The Cedar context of a request, with the access level of the grant being tried.

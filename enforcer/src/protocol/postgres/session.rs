@@ -1200,7 +1200,6 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 self.ctx
                     .recorder
                     .record_soon(Event::StatementDone(done))
-                    .await
                     .map_err(|_| PgError::Recorder)?;
             }
         }
@@ -1265,6 +1264,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     rows_affected,
                     duration_us: now.duration_since(since).as_micros() as u64,
                     error,
+                    bytes: None,
                 })
             }
             b'Z' => {
