@@ -523,6 +523,14 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     assert!(find("k8s:list", "allow"), "{decided:#?}");
     assert!(find("k8s:delete", "deny"), "{decided:#?}");
     assert!(find("k8s:watch", "allow"), "{decided:#?}");
+    // What each request names is in its record, as the API server reads it.
+    assert!(
+        decided.iter().any(|e| e["action"] == "k8s:delete"
+            && e["object"]
+                == serde_json::json!({"group": "apps", "resource": "deployments",
+                    "subresource": "", "namespace": "default", "name": "web"})),
+        "{decided:#?}"
+    );
     // Each allowed request's end: its status, the bytes of its body and the time to the
     // body's end.
     let answered = |e: &serde_json::Value| {

@@ -116,6 +116,20 @@ pub struct StatementDecided {
     pub approval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What a Kubernetes API request names, as the API server reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ApiObject>,
+}
+
+/// The object of a Kubernetes API request: `""` where the request names none (the core
+/// group, no subresource, a cluster-scoped resource, a collection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiObject {
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 /// How an allowed statement ended.
@@ -281,6 +295,13 @@ impl Event {
                     .opt("grant", e.grant.as_deref())
                     .opt("approval", e.approval.as_deref())
                     .opt("reason", e.reason.as_deref());
+                if let Some(o) = &e.object {
+                    line.str("group", &o.group)
+                        .str("api_resource", &o.resource)
+                        .str("subresource", &o.subresource)
+                        .str("namespace", &o.namespace)
+                        .str("name", &o.name);
+                }
             }
             Event::StatementDone(e) => {
                 line.str("event", "statement_done")

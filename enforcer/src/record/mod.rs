@@ -6,7 +6,7 @@ pub mod audit;
 mod event;
 
 pub use event::{
-    ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process,
+    ApiObject, ApprovalEvent, ConnectionClosed, ConnectionDecided, Event, GrantEvent, Process,
     StatementDecided, StatementDone, StreamFrame,
 };
 

@@ -364,7 +364,7 @@ impl Session<'_> {
                     RequestError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                self.record_refusal(self.ctx, "k8s:unknown", &text, &e.to_string())
+                self.record_refusal(self.ctx, None, "k8s:unknown", &text, &e.to_string())
                     .await;
                 return Ok(failure(code, "BadRequest", format!("enforcer: {e}")));
             }
@@ -375,7 +375,7 @@ impl Session<'_> {
                 "enforcer cannot authenticate to the API server of {}: {why}",
                 self.resource.name
             );
-            self.record_refusal(self.ctx, &action, &text, &message)
+            self.record_refusal(self.ctx, Some(&request), &action, &text, &message)
                 .await;
             return Ok(failure(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -386,7 +386,8 @@ impl Session<'_> {
         let token = match self.presented_token(req.headers()).await {
             Ok(token) => token,
             Err(why) => {
-                self.record_refusal(self.ctx, &action, &text, &why).await;
+                self.record_refusal(self.ctx, Some(&request), &action, &text, &why)
+                    .await;
                 return Ok(failure(StatusCode::UNAUTHORIZED, "Unauthorized", why));
             }
         };
@@ -562,6 +563,7 @@ impl Session<'_> {
             let message = self.denial(action, access.as_str(), &outcome);
             self.record(
                 ctx,
+                Some(request),
                 action,
                 text,
                 "deny",
@@ -595,6 +597,7 @@ impl Session<'_> {
                     );
                     self.record(
                         ctx,
+                        Some(request),
                         action,
                         text,
                         "deny",
@@ -610,6 +613,7 @@ impl Session<'_> {
         }
         self.record(
             ctx,
+            Some(request),
             action,
             text,
             "allow",
@@ -642,7 +646,8 @@ impl Session<'_> {
         text: &str,
         refusal: String,
     ) -> Response<Body> {
-        self.record_refusal(ctx, action, text, &refusal).await;
+        self.record_refusal(ctx, Some(request), action, text, &refusal)
+            .await;
         full(StatusCode::FORBIDDEN, status::forbidden(request, &refusal))
     }
 
@@ -680,6 +685,7 @@ impl Session<'_> {
         let _ = self
             .record(
                 ctx,
+                Some(request),
                 action,
                 text,
                 "deny",
@@ -775,6 +781,7 @@ impl Session<'_> {
         let recorded = self
             .record(
                 ctx,
+                None,
                 "k8s:create",
                 text,
                 "allow",
@@ -1007,10 +1014,18 @@ impl Session<'_> {
     #[allow(clippy::too_many_arguments)]
     /// Records a request refused before any policy decided it (nothing to name but why).
     /// A recorder failure is not reported: the request is refused either way.
-    async fn record_refusal(&self, ctx: &HandlerContext<'_>, action: &str, text: &str, why: &str) {
+    async fn record_refusal(
+        &self,
+        ctx: &HandlerContext<'_>,
+        request: Option<&ApiRequest>,
+        action: &str,
+        text: &str,
+        why: &str,
+    ) {
         let _ = self
             .record(
                 ctx,
+                request,
                 action,
                 text,
                 "deny",
@@ -1026,6 +1041,7 @@ impl Session<'_> {
     async fn record(
         &self,
         ctx: &HandlerContext<'_>,
+        request: Option<&ApiRequest>,
         action: &str,
         text: &str,
         decision: &str,
@@ -1056,6 +1072,7 @@ impl Session<'_> {
                 grant,
                 approval,
                 reason,
+                object: request.and_then(api_object),
             }))
             .await
             .map_err(|_| K8sError::Recorder)
@@ -1211,6 +1228,27 @@ impl Drop for RecordedBody {
             // A watch the client stopped, or a client that went away mid-answer.
             self.end(" (closed by the client)", None);
         }
+    }
+}
+
+/// What a resource request names, for its record.
+fn api_object(request: &ApiRequest) -> Option<crate::record::ApiObject> {
+    match &request.kind {
+        Kind::Resource {
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            ..
+        } => Some(crate::record::ApiObject {
+            group: group.clone(),
+            resource: resource.clone(),
+            subresource: subresource.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }),
+        Kind::NonResource { .. } => None,
     }
 }
 

@@ -1118,6 +1118,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             grant: None,
             approval: None,
             reason: None,
+            object: None,
         }
     }
 
