@@ -205,6 +205,22 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         "{}",
         describe(&pods)
     );
+    // kubectl found the API through aggregated discovery (one answer for /api, one for
+    // /apis), which came through unchanged: it asked for no group version's list.
+    let seen = api.seen();
+    assert!(
+        seen.iter().any(|s| s.path == "/apis"
+            && s.accept
+                .as_deref()
+                .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path == "/api/v1" || s.path == "/apis/apps/v1"),
+        "{seen:?}"
+    );
 
     // Secrets in default are readable, but their values never arrive.
     let secrets = kubectl(&["get", "secrets", "-n", "default", "-o", "json"]);
@@ -216,6 +232,130 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
         "{text}"
     );
     assert!(!text.contains("super-secret"), "{text}");
+    // As YAML, a single Secret and a list: the same values redacted, the annotation with the
+    // last applied configuration too.
+    for args in [
+        &["get", "secret", "db-creds", "-n", "default", "-o", "yaml"][..],
+        &["get", "secrets", "-n", "default", "-o", "yaml"][..],
+    ] {
+        let yaml = kubectl(args);
+        assert!(yaml.status.success(), "{}", describe(&yaml));
+        let text = stdout(&yaml);
+        assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+        assert!(!text.contains("c3VwZXIt"), "{text}");
+        assert!(
+            text.contains("password: W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==")
+                && text.contains("last-applied-configuration"),
+            "{text}"
+        );
+    }
+    // Watching: `get secret -w` (Tables, event by event) and `-w -o yaml` (whole objects).
+    // The double's stream ends after two events; kubectl has printed them by then.
+    let watched = kubectl(&["get", "secret", "db-creds", "-n", "default", "-w"]);
+    let text = stdout(&watched);
+    assert!(
+        text.lines().filter(|l| l.starts_with("db-creds")).count() >= 2,
+        "{}",
+        describe(&watched)
+    );
+    let watch_request = api
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path == "/api/v1/namespaces/default/secrets")
+        .expect("the watch reached the cluster");
+    assert!(
+        watch_request.query.contains("watch=true")
+            && watch_request
+                .query
+                .contains("fieldSelector=metadata.name%3Ddb-creds"),
+        "{watch_request:?}"
+    );
+    assert!(
+        watch_request
+            .accept
+            .as_deref()
+            .is_some_and(|a| a.contains("as=Table") && !a.contains("protobuf")),
+        "{watch_request:?}"
+    );
+    let watched = kubectl(&[
+        "get", "secret", "db-creds", "-n", "default", "-w", "-o", "yaml",
+    ]);
+    let text = stdout(&watched);
+    // The first get, then the events kubectl prints (not the ADDED one it already has).
+    assert!(watched.status.success(), "{}", describe(&watched));
+    assert!(
+        text.matches("password: W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==")
+            .count()
+            >= 2
+            && text.contains("resourceVersion: \"8\""),
+        "{}",
+        describe(&watched)
+    );
+    assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+    // The Table watch kubectl reads, as bytes: each row's object (its metadata, or all of it
+    // with includeObject=Object) is redacted.
+    let ca_pem = env.state.join("ca.pem");
+    for include in ["Metadata", "Object"] {
+        let tables = output_within(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "--cacert",
+                    ca_pem.to_str().expect("utf-8"),
+                    "-H",
+                    "Accept: application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                    &format!(
+                        "https://127.0.0.1:{}/api/v1/namespaces/default/secrets?watch=true&includeObject={include}",
+                        api.port
+                    ),
+                ],
+            ),
+            T,
+        );
+        assert!(tables.status.success(), "{}", describe(&tables));
+        let text = stdout(&tables);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("\"kind\":\"Table\""), "{text}");
+        assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+        assert!(!text.contains("c3VwZXIt"), "{text}");
+        assert!(
+            text.contains("W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="),
+            "{include}: {text}"
+        );
+    }
+
+    // RBAC: bindings are readable; making one is a change to RBAC (admin access), refused
+    // without a grant (the decision is the request line's, whatever the body's encoding).
+    let bindings = kubectl(&["get", "rolebindings", "-n", "default"]);
+    assert!(bindings.status.success(), "{}", describe(&bindings));
+    assert!(
+        stdout(&bindings).contains("ci-bot-view"),
+        "{}",
+        describe(&bindings)
+    );
+    let bind = kubectl(&[
+        "create",
+        "rolebinding",
+        "ci-bot-admin",
+        "--clusterrole=admin",
+        "--serviceaccount=default:ci-bot",
+        "-n",
+        "default",
+    ]);
+    assert!(!bind.status.success(), "{}", describe(&bind));
+    assert!(
+        stderr(&bind).contains("failed to create rolebinding: rolebindings.rbac.authorization.k8s.io is forbidden: enforcer: k8s:create (admin) on cluster denied: no policy permits it; ask for a grant: enforcer grant request --resource cluster --access admin"),
+        "{}",
+        describe(&bind)
+    );
+    assert!(
+        !api.seen()
+            .iter()
+            .any(|s| s.method == "POST" && s.path.ends_with("/rolebindings")),
+        "the binding never reached the cluster"
+    );
+
     // The profile's keys mask ConfigMap values too.
     let cm = kubectl(&[
         "get",
@@ -394,7 +534,7 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     let refused = held.wait_with_output().expect("kubectl");
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("serviceaccounts is forbidden: enforcer: k8s:create on cluster denied: an operator denied it: use the shared bot"),
+        stderr(&refused).contains("serviceaccounts is forbidden: enforcer: k8s:create on cluster denied: an operator denied it: use the shared bot (held by rule service-accounts-need-approval, approval "),
         "{}",
         describe(&refused)
     );

@@ -701,7 +701,9 @@ fn tls_copy_table_rules_and_failures() {
     let held = held.wait_with_output().expect("psql");
     assert!(!held.status.success());
     assert!(
-        stderr(&held).contains("an operator denied it: not today"),
+        stderr(&held).contains(
+            "an operator denied it: not today (held by rule audit-log-inserts-need-approval, approval "
+        ),
         "{}",
         describe(&held)
     );

@@ -164,6 +164,24 @@ pub async fn wait(
     })
 }
 
+/// The refusal of a held operation an operator denied or nobody approved in time: the
+/// rules that held it, so the client learns what asked for the approval, not only who
+/// refused it.
+pub fn held_denial(
+    action: &str,
+    resource: &str,
+    why: &str,
+    policies: &[String],
+    approval: &str,
+) -> String {
+    let rules = if policies.is_empty() {
+        String::new()
+    } else {
+        format!("held by rule {}, ", policies.join(", "))
+    };
+    format!("enforcer: {action} on {resource} denied: {why} ({rules}approval {approval})")
+}
+
 /// Text kept in records and approval summaries: at most `max` bytes, cut on a character.
 pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {

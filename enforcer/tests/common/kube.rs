@@ -1,7 +1,9 @@
 //! A Kubernetes API-server double: real TLS (a CA of its own), real HTTP/1.1, and the API
-//! shapes kubectl reads — legacy discovery, Tables, lists and objects of pods, secrets and
-//! deployments, watch streams, `Status` answers. It records every request it receives
-//! (method, path, Authorization header) so tests can check what reached "the cluster".
+//! shapes kubectl reads — aggregated discovery (when asked for, as kubectl 1.32 does) and
+//! legacy discovery, Tables, lists and objects of pods, secrets, configmaps, deployments,
+//! serviceaccounts and rolebindings, watch streams (plain or as Tables), `Status` answers.
+//! It records every request it receives (method, path, query, Accept and Authorization
+//! headers) so tests can check what reached "the cluster".
 
 use std::{
     convert::Infallible,
@@ -18,6 +20,8 @@ use serde_json::{Value, json};
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub query: String,
+    pub accept: Option<String>,
     pub authorization: Option<String>,
     /// Whether the connection presented a client certificate of the cluster's CA.
     pub client_certificate: bool,
@@ -184,6 +188,58 @@ fn resource_list(group_version: &str, resources: &[(&str, &str, bool)]) -> Value
     })
 }
 
+/// The double's API: per group version, its resources (name, kind, namespaced).
+const CORE: &[(&str, &str, bool)] = &[
+    ("pods", "Pod", true),
+    ("secrets", "Secret", true),
+    ("serviceaccounts", "ServiceAccount", true),
+    ("configmaps", "ConfigMap", true),
+    ("namespaces", "Namespace", false),
+];
+const APPS: &[(&str, &str, bool)] = &[("deployments", "Deployment", true)];
+const RBAC: &[(&str, &str, bool)] = &[
+    ("roles", "Role", true),
+    ("rolebindings", "RoleBinding", true),
+    ("clusterroles", "ClusterRole", false),
+    ("clusterrolebindings", "ClusterRoleBinding", false),
+];
+const GROUPS: &[(&str, &[(&str, &str, bool)])] =
+    &[("apps", APPS), ("rbac.authorization.k8s.io", RBAC)];
+
+/// The media type of aggregated discovery, which kubectl 1.32 asks for first on `/api` and
+/// `/apis` (one answer instead of a request per group version).
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// `/api` or `/apis` as an `APIGroupDiscoveryList` (apidiscovery.k8s.io/v2).
+fn aggregated(groups: &[(&str, &[(&str, &str, bool)])]) -> Value {
+    let items = groups.iter().map(|(group, resources)| {
+        json!({
+            "metadata": if group.is_empty() { json!({}) } else { json!({"name": group}) },
+            "versions": [{
+                "version": "v1",
+                "freshness": "Current",
+                "resources": resources.iter().map(|(name, kind, namespaced)| json!({
+                    "resource": name,
+                    "responseKind": {"group": group, "version": "v1", "kind": kind},
+                    "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                    "singularResource": kind.to_lowercase(),
+                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                })).collect::<Vec<_>>(),
+            }],
+        })
+    });
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {}, "items": items.collect::<Vec<_>>()})
+}
+
+fn rolebinding(name: &str) -> Value {
+    json!({"kind": "RoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "ci-bot", "namespace": "default"}]})
+}
+
 fn secret(name: &str) -> Value {
     let applied = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "namespace": "default"},
@@ -206,16 +262,25 @@ fn pod(name: &str) -> Value {
         "status": {"phase": "Running"}})
 }
 
-fn table(objects: &[Value]) -> Value {
+/// `objects` as the API server's `Table`: one Name column; each row's object is the
+/// object's metadata (`includeObject=Metadata`, the default) or the whole object
+/// (`includeObject=Object`). `columns: false` leaves out the column definitions, as the
+/// server does for the watch events after the first.
+fn table(objects: &[Value], whole: bool, columns: bool) -> Value {
+    let definitions = if columns {
+        json!([{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}])
+    } else {
+        Value::Null
+    };
     json!({
         "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "7"},
-        "columnDefinitions": [
-            {"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0},
-        ],
+        "columnDefinitions": definitions,
         "rows": objects.iter().map(|o| json!({
             "cells": [o["metadata"]["name"]],
-            "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                "metadata": o["metadata"]},
+            "object": if whole { o.clone() } else {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"]})
+            },
         })).collect::<Vec<_>>(),
     })
 }
@@ -373,6 +438,12 @@ fn answer(
     log.lock().expect("log").push(Seen {
         method: method.clone(),
         path: path.clone(),
+        query: query.clone(),
+        accept: req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         authorization: req
             .headers()
             .get(header::AUTHORIZATION)
@@ -394,9 +465,30 @@ fn answer(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let param = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let whole = param("includeObject") == Some("Object");
+    let watching = matches!(param("watch"), Some("1" | "true"));
+    let wants_aggregated = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"));
     let list = |kind: &str, items: Vec<Value>| {
+        let version = if kind.starts_with("RoleBinding") {
+            "rbac.authorization.k8s.io/v1"
+        } else {
+            "v1"
+        };
         if wants_table {
-            table(&items)
+            table(&items, whole, true)
         } else {
             // As the API server lists them: items do not repeat their kind and version.
             let items: Vec<Value> = items
@@ -409,7 +501,7 @@ fn answer(
                     item
                 })
                 .collect();
-            json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": items})
+            json!({"kind": kind, "apiVersion": version, "metadata": {"resourceVersion": "7"}, "items": items})
         }
     };
     let ok = StatusCode::OK;
@@ -418,6 +510,22 @@ fn answer(
             ok,
             json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}),
         ),
+        ("GET", "/api") if wants_aggregated => {
+            let mut r = json_response(ok, aggregated(&[("", CORE)]));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(AGGREGATED),
+            );
+            r
+        }
+        ("GET", "/apis") if wants_aggregated => {
+            let mut r = json_response(ok, aggregated(GROUPS));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(AGGREGATED),
+            );
+            r
+        }
         ("GET", "/api") => json_response(
             ok,
             json!({"kind": "APIVersions", "versions": ["v1"],
@@ -425,40 +533,46 @@ fn answer(
         ),
         ("GET", "/apis") => json_response(
             ok,
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-                "name": "apps",
-                "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
-            }]}),
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": GROUPS.iter().map(|(group, _)| json!({
+                "name": group,
+                "versions": [{"groupVersion": format!("{group}/v1"), "version": "v1"}],
+                "preferredVersion": {"groupVersion": format!("{group}/v1"), "version": "v1"},
+            })).collect::<Vec<_>>()}),
         ),
-        ("GET", "/api/v1") => json_response(
-            ok,
-            resource_list(
-                "v1",
-                &[
-                    ("pods", "Pod", true),
-                    ("secrets", "Secret", true),
-                    ("serviceaccounts", "ServiceAccount", true),
-                    ("configmaps", "ConfigMap", true),
-                    ("namespaces", "Namespace", false),
-                ],
-            ),
-        ),
-        ("GET", "/apis/apps/v1") => json_response(
-            ok,
-            resource_list("apps/v1", &[("deployments", "Deployment", true)]),
-        ),
+        ("GET", "/api/v1") => json_response(ok, resource_list("v1", CORE)),
+        ("GET", p)
+            if let Some((group, resources)) = GROUPS
+                .iter()
+                .find(|(group, _)| p == format!("/apis/{group}/v1")) =>
+        {
+            json_response(ok, resource_list(&format!("{group}/v1"), resources))
+        }
         ("GET", "/api/v1/namespaces/default/pods") => {
             let pods = (0..sizes.pods).map(|i| pod(&format!("web-{i}"))).collect();
             json_response(ok, list("PodList", pods))
         }
-        ("GET", "/api/v1/namespaces/default/secrets") if query.contains("watch=") => {
-            // Two events, one per line, then the stream ends.
-            let events = format!(
-                "{}\n{}\n",
-                json!({"type": "ADDED", "object": secret("db-creds")}),
-                json!({"type": "MODIFIED", "object": secret("db-creds")})
-            );
+        ("GET", "/api/v1/namespaces/default/secrets") if watching => {
+            // Two events for db-creds (the only Secret a name selector can pick), one per
+            // line, then the stream ends. As Tables when asked: column definitions with the
+            // first event only.
+            let selected = param("fieldSelector")
+                .and_then(|f| f.strip_prefix("metadata.name="))
+                .is_none_or(|name| name == "db-creds");
+            let events: String = ["ADDED", "MODIFIED"]
+                .iter()
+                .enumerate()
+                .filter(|_| selected)
+                .map(|(i, kind)| {
+                    let mut changed = secret("db-creds");
+                    changed["metadata"]["resourceVersion"] = json!((7 + i).to_string());
+                    let object = if wants_table {
+                        table(&[changed], whole, i == 0)
+                    } else {
+                        changed
+                    };
+                    format!("{}\n", json!({"type": kind, "object": object}))
+                })
+                .collect();
             let mut r = Response::new(Full::new(Bytes::from(events)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -480,8 +594,20 @@ fn answer(
         ("GET", p) if p.starts_with("/api/v1/namespaces/default/pods/web-") => {
             json_response(ok, pod(&p["/api/v1/namespaces/default/pods/".len()..]))
         }
+        ("GET", "/api/v1/namespaces/default/secrets/db-creds") if wants_table => {
+            json_response(ok, table(&[secret("db-creds")], whole, true))
+        }
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
             json_response(ok, secret("db-creds"))
+        }
+        ("GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings") => {
+            json_response(
+                ok,
+                list("RoleBindingList", vec![rolebinding("ci-bot-view")]),
+            )
+        }
+        ("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings") => {
+            json_response(StatusCode::CREATED, rolebinding("ci-bot-admin"))
         }
         ("GET", "/api/v1/namespaces/default/configmaps/app-config") => json_response(
             ok,

@@ -379,6 +379,54 @@ mod tests {
                 ""
             )
         );
+        // The subresources that are not streams: read and written as their parent is.
+        assert_eq!(
+            resource(&r(
+                "GET",
+                "/api/v1/namespaces/default/pods/web-0/log",
+                Some("container=web&follow=true")
+            )),
+            ("get", "", "pods", "log", "default", "web-0")
+        );
+        assert_eq!(
+            resource(&r(
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/web/scale",
+                None
+            )),
+            ("patch", "apps", "deployments", "scale", "default", "web")
+        );
+        assert_eq!(
+            resource(&r(
+                "PUT",
+                "/apis/apps/v1/namespaces/default/deployments/web/status",
+                None
+            )),
+            ("update", "apps", "deployments", "status", "default", "web")
+        );
+        assert_eq!(
+            resource(&r(
+                "POST",
+                "/api/v1/namespaces/default/pods/web-0/eviction",
+                None
+            )),
+            ("create", "", "pods", "eviction", "default", "web-0")
+        );
+        assert_eq!(
+            resource(&r(
+                "POST",
+                "/api/v1/namespaces/default/serviceaccounts/ci-bot/token",
+                None
+            )),
+            (
+                "create",
+                "",
+                "serviceaccounts",
+                "token",
+                "default",
+                "ci-bot"
+            )
+        );
         for discovery in [
             "/api",
             "/apis",
@@ -473,6 +521,21 @@ mod tests {
             Access::Read
         );
         assert_eq!(access("GET", "/version"), Access::Read);
+        assert_eq!(
+            access("GET", "/api/v1/namespaces/d/pods/p/log"),
+            Access::Read
+        );
+        for changing in [
+            ("PATCH", "/apis/apps/v1/namespaces/d/deployments/w/scale"),
+            ("PUT", "/apis/apps/v1/namespaces/d/deployments/w/status"),
+            ("POST", "/api/v1/namespaces/d/pods/p/eviction"),
+        ] {
+            assert_eq!(
+                access(changing.0, changing.1),
+                Access::Write,
+                "{changing:?}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -591,9 +591,12 @@ impl Session<'_> {
             {
                 Ok(()) => approval = Some(row.id),
                 Err(why) => {
-                    let message = format!(
-                        "enforcer: {action} on {} denied: {why} (approval {})",
-                        self.resource.name, row.id
+                    let message = decision::held_denial(
+                        action,
+                        &self.resource.name,
+                        &why,
+                        &outcome.policies,
+                        &row.id,
                     );
                     self.record(
                         ctx,

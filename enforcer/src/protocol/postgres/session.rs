@@ -984,9 +984,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             match self.hold(stmt, &action, &outcome.policies).await? {
                 Ok(id) => approval_id = Some(id),
                 Err((id, why)) => {
-                    let message = format!(
-                        "enforcer: sql:{class} on {} denied: {why} (approval {id})",
-                        self.resource.name
+                    let message = decision::held_denial(
+                        &action,
+                        &self.resource.name,
+                        &why,
+                        &outcome.policies,
+                        &id,
                     );
                     self.record(
                         stmt,
