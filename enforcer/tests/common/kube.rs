@@ -188,30 +188,32 @@ fn resource_list(group_version: &str, resources: &[(&str, &str, bool)]) -> Value
     })
 }
 
-/// The double's API: per group version, its resources (name, kind, namespaced).
-const CORE: &[(&str, &str, bool)] = &[
+/// A group version's resources: name, kind, namespaced.
+type Resources = &'static [(&'static str, &'static str, bool)];
+
+/// The double's API: per group version, its resources.
+const CORE: Resources = &[
     ("pods", "Pod", true),
     ("secrets", "Secret", true),
     ("serviceaccounts", "ServiceAccount", true),
     ("configmaps", "ConfigMap", true),
     ("namespaces", "Namespace", false),
 ];
-const APPS: &[(&str, &str, bool)] = &[("deployments", "Deployment", true)];
-const RBAC: &[(&str, &str, bool)] = &[
+const APPS: Resources = &[("deployments", "Deployment", true)];
+const RBAC: Resources = &[
     ("roles", "Role", true),
     ("rolebindings", "RoleBinding", true),
     ("clusterroles", "ClusterRole", false),
     ("clusterrolebindings", "ClusterRoleBinding", false),
 ];
-const GROUPS: &[(&str, &[(&str, &str, bool)])] =
-    &[("apps", APPS), ("rbac.authorization.k8s.io", RBAC)];
+const GROUPS: &[(&str, Resources)] = &[("apps", APPS), ("rbac.authorization.k8s.io", RBAC)];
 
 /// The media type of aggregated discovery, which kubectl 1.32 asks for first on `/api` and
 /// `/apis` (one answer instead of a request per group version).
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// `/api` or `/apis` as an `APIGroupDiscoveryList` (apidiscovery.k8s.io/v2).
-fn aggregated(groups: &[(&str, &[(&str, &str, bool)])]) -> Value {
+fn aggregated(groups: &[(&str, Resources)]) -> Value {
     let items = groups.iter().map(|(group, resources)| {
         json!({
             "metadata": if group.is_empty() { json!({}) } else { json!({"name": group}) },
