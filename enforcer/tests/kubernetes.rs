@@ -682,6 +682,27 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     let events = audit_events_with(&env.state.join("audit.jsonl"), answered);
     assert!(events.iter().any(answered), "{events:#?}");
 
+    // SREs see the same decisions by verb, and the redactions by what they redacted.
+    let (_, metrics) = http_get(admin, "/metrics");
+    for line in [
+        "enforcer_statements_total{resource=\"cluster\",action=\"k8s:list\",decision=\"allow\"}",
+        "enforcer_statements_total{resource=\"cluster\",action=\"k8s:watch\",decision=\"allow\"}",
+        "enforcer_statements_total{resource=\"cluster\",action=\"k8s:delete\",decision=\"deny\"}",
+        "enforcer_statements_total{resource=\"cluster\",action=\"k8s:create\",decision=\"deny\"}",
+        "enforcer_hold_seconds_count 2",
+        "enforcer_upstream_seconds_count{resource=\"cluster\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    for detector in ["kubernetes_secret", "kubernetes_key"] {
+        assert!(
+            metrics.contains(&format!(
+                "enforcer_masked_values_total{{detector=\"{detector}\"}}"
+            )),
+            "{detector}: {metrics}"
+        );
+    }
+
     // A grant token in the kubeconfig: the request carrying it has that grant (one delete);
     // the cluster still sees only the injected credential. Spent, the token opens nothing.
     let granted = cluster.grant("write", "1", "remove the old web deployment");

@@ -15,13 +15,38 @@ const REDACTED: &str = "[redacted by enforcer]";
 /// `REDACTED`, base64-encoded, for `data` (whose values must stay base64).
 const REDACTED_B64: &str = "W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==";
 
+/// How many values a redaction replaced, by why (the `masked_values` metric's detectors).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Redacted {
+    /// Values of Secrets (`data`, `stringData`, an unreadable last-applied annotation).
+    pub secret_values: usize,
+    /// ConfigMap values and environment variables the profile's `keys` name.
+    pub profile_keys: usize,
+}
+
+impl Redacted {
+    pub fn total(self) -> usize {
+        self.secret_values + self.profile_keys
+    }
+
+    /// Counts them into the `masked_values` metric.
+    pub fn count_into(self, metrics: &crate::metrics::Metrics) {
+        if self.secret_values > 0 {
+            metrics.masked_n("kubernetes_secret", self.secret_values as u64);
+        }
+        if self.profile_keys > 0 {
+            metrics.masked_n("kubernetes_key", self.profile_keys as u64);
+        }
+    }
+}
+
 /// Redacts every Secret in `value`, and what the profile's `keys` name; returns how many
 /// values were replaced. `kind` is what the request asked for (`Secret` for a request to
 /// `secrets`): an object there that does not say its kind is taken to be one. The API server
 /// leaves `kind` out of a list's items (`SecretList.items`) and may leave it out of a Table
 /// row's object; a redaction that waited for `"kind": "Secret"` would pass them on.
-pub fn redact_as(value: &mut Value, profile: &Profile, kind: Option<&str>) -> usize {
-    let mut count = 0;
+pub fn redact_as(value: &mut Value, profile: &Profile, kind: Option<&str>) -> Redacted {
+    let mut count = Redacted::default();
     walk(value, profile, &mut count, kind);
     count
 }
@@ -30,12 +55,12 @@ fn replace_all(
     map: &mut serde_json::Map<String, Value>,
     field: &str,
     with: &str,
-    count: &mut usize,
+    count: &mut Redacted,
 ) {
     if let Some(Value::Object(values)) = map.get_mut(field) {
         for v in values.values_mut() {
             *v = Value::String(with.to_owned());
-            *count += 1;
+            count.secret_values += 1;
         }
     }
 }
@@ -45,19 +70,19 @@ fn replace_keys(
     field: &str,
     with: &str,
     profile: &Profile,
-    count: &mut usize,
+    count: &mut Redacted,
 ) {
     if let Some(Value::Object(values)) = map.get_mut(field) {
         for (k, v) in values.iter_mut() {
             if profile.masks_key(k) {
                 *v = Value::String(with.to_owned());
-                *count += 1;
+                count.profile_keys += 1;
             }
         }
     }
 }
 
-fn walk(value: &mut Value, profile: &Profile, count: &mut usize, implied: Option<&str>) {
+fn walk(value: &mut Value, profile: &Profile, count: &mut Redacted, implied: Option<&str>) {
     match value {
         Value::Array(items) => items
             .iter_mut()
@@ -97,7 +122,7 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut usize, implied: Option
                         .is_some_and(|n| profile.masks_key(n));
                     if masked && let Some(v) = var.get_mut("value") {
                         *v = Value::String(REDACTED.to_owned());
-                        *count += 1;
+                        count.profile_keys += 1;
                     }
                 }
             }
@@ -108,16 +133,16 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut usize, implied: Option
             {
                 match serde_json::from_str::<Value>(applied) {
                     Ok(mut inner) => {
-                        let before = *count;
+                        let before = count.total();
                         walk(&mut inner, profile, count, kind.as_deref());
-                        if *count > before {
+                        if count.total() > before {
                             *applied = inner.to_string();
                         }
                     }
                     // Not JSON: cannot be read, so cannot be shown safely.
                     Err(_) => {
                         *applied = REDACTED.to_owned();
-                        *count += 1;
+                        count.secret_values += 1;
                     }
                 }
             }
@@ -139,7 +164,7 @@ mod tests {
     use serde_json::json;
 
     fn redact(value: &mut Value, profile: &Profile) -> usize {
-        redact_as(value, profile, None)
+        redact_as(value, profile, None).total()
     }
 
     #[test]
@@ -213,7 +238,7 @@ mod tests {
         });
         assert_eq!(redact(&mut table.clone(), &Profile::default()), 0);
         assert_eq!(
-            redact_as(&mut table, &Profile::default(), Some("Secret")),
+            redact_as(&mut table, &Profile::default(), Some("Secret")).secret_values,
             1
         );
         assert_eq!(table["rows"][0]["object"]["data"]["k"], REDACTED_B64);
@@ -221,7 +246,7 @@ mod tests {
         let mut event =
             json!({"type": "ADDED", "object": {"metadata": {"name": "a"}, "data": {"k": "eA=="}}});
         assert_eq!(
-            redact_as(&mut event, &Profile::default(), Some("Secret")),
+            redact_as(&mut event, &Profile::default(), Some("Secret")).total(),
             1
         );
     }
@@ -234,7 +259,13 @@ mod tests {
         };
         let mut cm = json!({"kind": "ConfigMap", "data": {"db_password": "x", "mode": "fast"},
             "binaryData": {"API_TOKEN": "dg=="}});
-        assert_eq!(redact(&mut cm, &profile), 2);
+        assert_eq!(
+            redact_as(&mut cm, &profile, None),
+            Redacted {
+                secret_values: 0,
+                profile_keys: 2
+            }
+        );
         assert_eq!(cm["data"]["db_password"], REDACTED);
         assert_eq!(cm["data"]["mode"], "fast");
         assert_eq!(cm["binaryData"]["API_TOKEN"], REDACTED_B64);

@@ -470,9 +470,17 @@ impl Session<'_> {
                 response,
                 self.resource.masking.clone(),
                 implied_kind(&request),
+                Arc::clone(self.ctx.metrics),
             )
         } else {
-            match redact_whole(response, &self.resource.masking, implied_kind(&request)).await {
+            match redact_whole(
+                response,
+                &self.resource.masking,
+                implied_kind(&request),
+                self.ctx.metrics,
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     self.done(502, started, Some(e.clone())).await;
@@ -1342,6 +1350,7 @@ async fn redact_whole(
     response: Response<Incoming>,
     profile: &crate::mask::Profile,
     kind: Option<&'static str>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Response<Body>, String> {
     let (mut parts, body) = response.into_parts();
     let limited = http_body_util::Limited::new(body, MAX_REDACTED_BODY);
@@ -1360,7 +1369,7 @@ async fn redact_whole(
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    redact::redact_as(&mut value, profile, kind);
+    redact::redact_as(&mut value, profile, kind).count_into(metrics);
     let out = Bytes::from(value.to_string());
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -1380,6 +1389,7 @@ fn redact_stream(
     response: Response<Incoming>,
     profile: crate::mask::Profile,
     kind: Option<&'static str>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Response<Body> {
     let (mut parts, mut body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -1405,7 +1415,7 @@ fn redact_stream(
             let mut out = Vec::new();
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                match redact_line(&line, &profile, kind) {
+                match redact_line(&line, &profile, kind, &metrics) {
                     Some(l) => out.extend_from_slice(&l),
                     None => {
                         let _ = tx
@@ -1419,10 +1429,13 @@ fn redact_stream(
                 return;
             }
         }
-        if !pending.is_empty()
-            && let Some(l) = redact_line(&pending, &profile, kind)
-        {
-            let _ = tx.send(Ok(Bytes::from(l))).await;
+        if !pending.is_empty() {
+            // The stream ended inside an event: what arrived of it is redacted if it reads,
+            // refused otherwise, never passed on as it came.
+            let last = redact_line(&pending, &profile, kind, &metrics)
+                .map(Bytes::from)
+                .ok_or_else(|| -> BoxError { "a watch event could not be redacted".into() });
+            let _ = tx.send(last).await;
         }
     });
     Response::from_parts(parts, BoxBody::new(ChannelBody(rx)))
@@ -1432,13 +1445,14 @@ fn redact_line(
     line: &[u8],
     profile: &crate::mask::Profile,
     kind: Option<&'static str>,
+    metrics: &crate::metrics::Metrics,
 ) -> Option<Vec<u8>> {
     let text = line.strip_suffix(b"\n").unwrap_or(line);
     if text.iter().all(u8::is_ascii_whitespace) {
         return Some(line.to_vec());
     }
     let mut value: serde_json::Value = serde_json::from_slice(text).ok()?;
-    redact::redact_as(&mut value, profile, kind);
+    redact::redact_as(&mut value, profile, kind).count_into(metrics);
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
     Some(out)
