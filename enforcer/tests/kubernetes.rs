@@ -29,6 +29,14 @@ when { context.grant == "write" && context.resource == "deployments" };
 permit (principal, action == Enforcer::Action::"grant:request", resource)
 when { context.access == "write" };
 
+@id("admin-grants")
+permit (principal, action == Enforcer::Action::"grant:request", resource)
+when { context.access == "admin" };
+
+@id("secret-writes-by-admin-grant")
+permit (principal, action in [Enforcer::Action::"k8s:create", Enforcer::Action::"k8s:patch", Enforcer::Action::"k8s:update"], resource)
+when { context.grant == "admin" && context.resource == "secrets" };
+
 @id("default-secrets-readable-redacted")
 permit (principal, action in [Enforcer::Action::"k8s:get", Enforcer::Action::"k8s:list", Enforcer::Action::"k8s:watch"], resource)
 when { context.resource == "secrets" && context.namespace == "default" };
@@ -324,6 +332,152 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
             "{include}: {text}"
         );
     }
+
+    // Whatever form the agent asks for (protobuf, YAML, CBOR, metadata only, the old watch
+    // path), enforcer asks the cluster for JSON, uncompressed, and redacts it.
+    let secrets_url = format!(
+        "https://127.0.0.1:{}/api/v1/namespaces/default/secrets",
+        api.port
+    );
+    let fetch = |accept: &str, url: &str| -> String {
+        let out = output_within(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "--compressed",
+                    "--cacert",
+                    ca_pem.to_str().expect("utf-8"),
+                    "-H",
+                    &format!("Accept: {accept}"),
+                    url,
+                ],
+            ),
+            T,
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        stdout(&out)
+    };
+    for accept in [
+        "application/vnd.kubernetes.protobuf",
+        "application/yaml",
+        "application/cbor",
+        "application/vnd.kubernetes.protobuf,application/json",
+        "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json",
+    ] {
+        let text = fetch(accept, &secrets_url);
+        assert!(!text.contains(kube::SECRET_VALUE), "{accept}: {text}");
+        assert!(!text.contains("c3VwZXIt"), "{accept}: {text}");
+        assert!(
+            text.contains("W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="),
+            "{accept}: {text}"
+        );
+    }
+    let text = fetch(
+        "application/json",
+        &format!(
+            "https://127.0.0.1:{}/api/v1/watch/namespaces/default/secrets",
+            api.port
+        ),
+    );
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+    let asked: Vec<_> = api
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.contains("/secrets"))
+        .collect();
+    assert!(
+        asked.iter().all(|s| s.accept_encoding.is_none()
+            && s.accept.as_deref().is_some_and(|a| a
+                .split(',')
+                .all(|t| t.trim().starts_with("application/json")))),
+        "{asked:?}"
+    );
+
+    // Writing Secrets needs an admin grant. With one, the answer (the Secret as stored) is
+    // redacted too; a JSON patch that copies, moves or tests a value, and a write carrying
+    // the placeholder the agent was shown, are refused before they reach the cluster.
+    let admin_grant = cluster.grant("admin", "10", "rotate the database password");
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        admin_grant["token"].as_str().expect("token")
+    );
+    let write = |method: &str, content_type: &str, body: &str, url: &str| -> (String, String) {
+        let out = output_within(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "-X",
+                    method,
+                    "--cacert",
+                    ca_pem.to_str().expect("utf-8"),
+                    "-H",
+                    &bearer,
+                    "-H",
+                    &format!("Content-Type: {content_type}"),
+                    "--data-binary",
+                    body,
+                    "-w",
+                    "\n%{http_code}",
+                    url,
+                ],
+            ),
+            T,
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.to_owned(), body.to_owned())
+    };
+    let db_creds = format!("{secrets_url}/db-creds");
+    let writes_before = api.seen().len();
+    let (code, body) = write(
+        "PATCH",
+        "application/merge-patch+json",
+        r#"{"data":{"password":"bmV3LXBhc3N3b3Jk"}}"#,
+        &db_creds,
+    );
+    assert_eq!(code, "200", "{body}");
+    assert!(!body.contains(kube::SECRET_VALUE), "{body}");
+    assert!(body.contains("W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="), "{body}");
+    let (code, body) = write(
+        "POST",
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db-creds"},"stringData":{"password":"fresh"}}"#,
+        &secrets_url,
+    );
+    assert_eq!(code, "201", "{body}");
+    assert!(!body.contains(kube::SECRET_VALUE), "{body}");
+    let (code, body) = write(
+        "PATCH",
+        "application/json-patch+json",
+        r#"[{"op":"copy","from":"/data/password","path":"/metadata/annotations/x"}]"#,
+        &format!("{db_creds}?dryRun=All"),
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("may only add, remove or replace (not copy)"),
+        "{body}"
+    );
+    let (code, body) = write(
+        "PUT",
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db-creds"},"data":{"password":"W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="}}"#,
+        &db_creds,
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("redaction placeholder"), "{body}");
+    let writes: Vec<_> = api.seen()[writes_before..]
+        .iter()
+        .map(|s| s.method.clone())
+        .collect();
+    assert_eq!(
+        writes,
+        ["PATCH", "POST"],
+        "only the two clean writes arrived"
+    );
 
     // RBAC: bindings are readable; making one is a change to RBAC (admin access), refused
     // without a grant (the decision is the request line's, whatever the body's encoding).

@@ -180,7 +180,12 @@ fn boot(unpacked: &Path, kernel: &Path, initramfs: &Path) -> Result<()> {
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+        // A soft lockup panics the guest (and so ends the run) with its backtrace, instead of
+        // stalling until the boot timeout.
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=4 panic=-1 softlockup_panic=1",
+        ])
         .args([
             "-display",
             "none",

@@ -12,8 +12,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::{Request, Response, StatusCode, body::Frame, body::Incoming, header};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub accept: Option<String>,
+    pub accept_encoding: Option<String>,
     pub authorization: Option<String>,
     /// Whether the connection presented a client certificate of the cluster's CA.
     pub client_certificate: bool,
@@ -166,8 +167,31 @@ impl ApiServer {
     }
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A watch's body as the API server streams it: events as they happen, here cut into
+/// pieces of `piece` bytes (an event's end rarely falls at a chunk's end), a millisecond
+/// apart, so that each arrives in chunks of its own.
+fn trickle(text: String, piece: usize) -> Body {
+    let bytes = Bytes::from(text);
+    let pieces: Vec<Bytes> = (0..bytes.len())
+        .step_by(piece.max(1))
+        .map(|at| bytes.slice(at..(at + piece).min(bytes.len())))
+        .collect();
+    let stream = futures_util::stream::unfold(pieces.into_iter(), |mut rest| async move {
+        let next = rest.next()?;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        Some((Ok::<_, Infallible>(Frame::data(next)), rest))
+    });
+    StreamBody::new(stream).boxed()
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -317,7 +341,7 @@ fn channel_protocol(req: &Request<Incoming>) -> Option<&'static str> {
 /// exec, attach and port-forward over WebSocket, as the kubelet would answer them through
 /// the API server: `exec` of `cat` echoes stdin to stdout until stdin closes, any other
 /// command prints `ran: <command>`; port-forward echoes each port's data back.
-fn stream_answer(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn stream_answer(mut req: Request<Incoming>) -> Response<Body> {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::{
         Message,
@@ -405,7 +429,7 @@ fn stream_answer(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
             }))
             .await;
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(
@@ -433,7 +457,7 @@ fn answer(
     log: &Mutex<Vec<Seen>>,
     sizes: Sizes,
     certified: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().as_str().to_owned();
@@ -444,6 +468,11 @@ fn answer(
         accept: req
             .headers()
             .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        accept_encoding: req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         authorization: req
@@ -483,6 +512,32 @@ fn answer(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"));
+    // The form the client asks for first, as the API server would choose it. Other than
+    // JSON, the double only labels the JSON as that form (protobuf, YAML, CBOR): a client
+    // that gets it has got the values in it.
+    let first_accepted = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split(',').next())
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    let secret_answer = |status: StatusCode, value: Value| {
+        let mut r = json_response(status, value);
+        if !first_accepted.is_empty()
+            && first_accepted != "application/json"
+            && first_accepted != "*/*"
+            && let Ok(form) = header::HeaderValue::from_str(&first_accepted)
+        {
+            r.headers_mut().insert(header::CONTENT_TYPE, form);
+        }
+        r
+    };
+    let partial_list = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
     let list = |kind: &str, items: Vec<Value>| {
         let version = if kind.starts_with("RoleBinding") {
             "rbac.authorization.k8s.io/v1"
@@ -553,7 +608,10 @@ fn answer(
             let pods = (0..sizes.pods).map(|i| pod(&format!("web-{i}"))).collect();
             json_response(ok, list("PodList", pods))
         }
-        ("GET", "/api/v1/namespaces/default/secrets") if watching => {
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets" | "/api/v1/watch/namespaces/default/secrets",
+        ) if watching || path.starts_with("/api/v1/watch/") => {
             // Two events for db-creds (the only Secret a name selector can pick), one per
             // line, then the stream ends. As Tables when asked: column definitions with the
             // first event only.
@@ -575,17 +633,32 @@ fn answer(
                     format!("{}\n", json!({"type": kind, "object": object}))
                 })
                 .collect();
-            let mut r = Response::new(Full::new(Bytes::from(events)));
+            let mut r = Response::new(trickle(events, 97));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
             );
             r
         }
+        ("GET", "/api/v1/namespaces/default/secrets") if partial_list => json_response(
+            ok,
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": "7"},
+                "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": secret("db-creds")["metadata"]}]}),
+        ),
         ("GET", "/api/v1/namespaces/default/secrets") => {
             let names = std::iter::once("db-creds".to_owned())
                 .chain((1..sizes.secrets).map(|i| format!("secret-{i}")));
-            json_response(ok, list("SecretList", names.map(|n| secret(&n)).collect()))
+            secret_answer(ok, list("SecretList", names.map(|n| secret(&n)).collect()))
+        }
+        // Writes answer with the Secret as stored, values and all (the double stores
+        // nothing: it answers with db-creds as it is).
+        ("PATCH" | "PUT", "/api/v1/namespaces/default/secrets/db-creds") => {
+            secret_answer(ok, secret("db-creds"))
+        }
+        ("POST", "/api/v1/namespaces/default/secrets") => {
+            secret_answer(StatusCode::CREATED, secret("db-creds"))
         }
         ("GET", "/api/v1/namespaces/default/configmaps") => {
             let maps = (0..sizes.secrets)
@@ -600,7 +673,7 @@ fn answer(
             json_response(ok, table(&[secret("db-creds")], whole, true))
         }
         ("GET", "/api/v1/namespaces/default/secrets/db-creds") => {
-            json_response(ok, secret("db-creds"))
+            secret_answer(ok, secret("db-creds"))
         }
         ("GET", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings") => {
             json_response(

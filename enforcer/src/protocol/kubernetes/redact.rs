@@ -15,6 +15,14 @@ const REDACTED: &str = "[redacted by enforcer]";
 /// `REDACTED`, base64-encoded, for `data` (whose values must stay base64).
 const REDACTED_B64: &str = "W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ==";
 
+/// Whether a request body carries enforcer's placeholder, as JSON would (`data` in base64,
+/// `stringData` as text) or protobuf (a Secret's `data` as raw bytes): written back, it would
+/// replace the real values.
+pub fn carries_placeholder(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    has(REDACTED.as_bytes()) || has(REDACTED_B64.as_bytes())
+}
+
 /// How many values a redaction replaced, by why (the `masked_values` metric's detectors).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Redacted {
@@ -89,6 +97,9 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut Redacted, implied: Opt
             .for_each(|v| walk(v, profile, count, implied)),
         Value::Object(map) => {
             let kind = match map.get("kind").and_then(Value::as_str) {
+                // Metadata only (`as=PartialObjectMetadataList`, Table rows): still the
+                // request's kind for what its annotations may copy.
+                Some("PartialObjectMetadata") if implied.is_some() => implied.map(str::to_owned),
                 Some(k) => Some(k.to_owned()),
                 None if map.contains_key("metadata") => implied.map(str::to_owned),
                 None => None,
@@ -148,7 +159,7 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut Redacted, implied: Opt
             }
             for (key, v) in map.iter_mut() {
                 let inner = match (&items_kind, key.as_str()) {
-                    (Some(k), "items") => Some(k.as_str()),
+                    (Some(k), "items") if k != "PartialObjectMetadata" => Some(k.as_str()),
                     _ => implied,
                 };
                 walk(v, profile, count, inner);
@@ -165,6 +176,20 @@ mod tests {
 
     fn redact(value: &mut Value, profile: &Profile) -> usize {
         redact_as(value, profile, None).total()
+    }
+
+    #[test]
+    fn the_placeholder_is_recognised_in_any_encoding() {
+        assert!(carries_placeholder(
+            br#"{"data":{"password":"W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="}}"#
+        ));
+        assert!(carries_placeholder(
+            b"k8s\0\n\x0c\n\x02v1\x12\x06Secret\x12\x16[redacted by enforcer]"
+        ));
+        assert!(!carries_placeholder(
+            br#"{"data":{"password":"aHVudGVyMg=="}}"#
+        ));
+        assert!(!carries_placeholder(b""));
     }
 
     #[test]
@@ -242,6 +267,19 @@ mod tests {
             1
         );
         assert_eq!(table["rows"][0]["object"]["data"]["k"], REDACTED_B64);
+        // Metadata only: the annotation's copy is read as the request's kind, even when
+        // the copy itself does not say it.
+        let applied = json!({"metadata": {"name": "a"}, "data": {"k": "c2VjcmV0"}}).to_string();
+        let mut partial = json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"name": "a", "annotations": {LAST_APPLIED: applied}}}]
+        });
+        assert_eq!(
+            redact_as(&mut partial, &Profile::default(), Some("Secret")).secret_values,
+            1
+        );
+        assert!(!partial.to_string().contains("c2VjcmV0"), "{partial}");
         // A watch event's object, kind left out.
         let mut event =
             json!({"type": "ADDED", "object": {"metadata": {"name": "a"}, "data": {"k": "eA=="}}});

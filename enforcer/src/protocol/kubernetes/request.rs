@@ -84,9 +84,41 @@ const POWER: [&str; 6] = [
     "certificatesigningrequests",
 ];
 
-fn parse_bool(v: &str) -> bool {
-    // strconv.ParseBool, as the server parses `watch`.
-    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+/// Whether a query asks for a watch, as the API server reads it
+/// (`Convert_Slice_string_To_bool`): only the first `watch` counts, and anything but `0` and
+/// `false` (any case) is true, the empty value too. Read any other way, `?watch=yes` would
+/// be decided as a list and served as a watch.
+fn watches(params: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)]) -> bool {
+    params
+        .iter()
+        .find(|(k, _)| k == "watch")
+        .is_some_and(|(_, v)| !(v == "0" || v.eq_ignore_ascii_case("false")))
+}
+
+/// Paths outside `/api` and `/apis` that only describe the server; any other (`/logs`,
+/// `/debug/pprof`, `/metrics`, whatever an aggregated server adds) is not a read.
+fn describes_the_server(path: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "/", "/api", "/apis", "/version", "/healthz", "/livez", "/readyz",
+    ];
+    const UNDER: &[&str] = &[
+        "/api/",
+        "/apis/",
+        "/openapi/",
+        "/healthz/",
+        "/livez/",
+        "/readyz/",
+        "/.well-known/openid-configuration",
+        "/openid/v1/jwks",
+    ];
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    EXACT.contains(&path)
+        || UNDER
+            .iter()
+            .any(|u| path.starts_with(u) || path == u.trim_end_matches('/'))
 }
 
 /// Reads one request. `query` is the raw query string (without `?`).
@@ -166,8 +198,7 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<ApiRequest
         let params = query
             .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
             .unwrap_or_default();
-        let watch = params.iter().any(|(k, v)| k == "watch" && parse_bool(v));
-        verb = if watch { "watch" } else { "list" }.to_owned();
+        verb = if watches(&params) { "watch" } else { "list" }.to_owned();
         // A list narrowed to one object by its name is about that object.
         if let Some((_, selector)) = params.iter().find(|(k, _)| k == "fieldSelector") {
             for term in selector.split(',') {
@@ -203,20 +234,26 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> Result<ApiRequest
 }
 
 impl ApiRequest {
-    /// The access level the request needs: reading is `read` except Secrets (their values
-    /// are credentials), changing is `write`, streams into containers are `exec`, and
-    /// anything touching identities, tokens or RBAC is `admin`.
+    /// The access level the request needs: reading is `read`, changing is `write`, streams
+    /// into containers (and proxying to them) are `exec`, and anything touching Secrets
+    /// (their values are credentials), identities, tokens or RBAC is `admin`, as is any path
+    /// outside the API that does not just describe the server.
     pub fn access(&self) -> Access {
-        let Kind::Resource {
-            resource,
-            subresource,
-            ..
-        } = &self.kind
-        else {
-            return match self.verb.as_str() {
-                "get" | "head" | "options" => Access::Read,
-                _ => Access::Write,
-            };
+        let (resource, subresource) = match &self.kind {
+            Kind::Resource {
+                resource,
+                subresource,
+                ..
+            } => (resource, subresource),
+            // Discovery, version and health only describe the server. Anything else outside
+            // the API (`/logs` serves the server's own logs, audit logs with Secret bodies
+            // among them; `/debug/pprof`) is read with the injected credential's power.
+            Kind::NonResource { path } => {
+                return match self.verb.as_str() {
+                    "get" | "head" | "options" if describes_the_server(path) => Access::Read,
+                    _ => Access::Admin,
+                };
+            }
         };
         let reading = matches!(self.verb.as_str(), "get" | "list" | "watch");
         // A proxied GET reaches whatever the node, pod or service serves (the kubelet's pod
@@ -228,7 +265,9 @@ impl ApiRequest {
         if subresource == "token" || POWER.contains(&resource.as_str()) && !reading {
             return Access::Admin;
         }
-        if resource == "secrets" && reading {
+        // Writing a Secret is no less: a JSON patch can copy a value where no redaction
+        // looks, or make the server's error quote it.
+        if resource == "secrets" {
             return Access::Admin;
         }
         if reading || (self.verb == "create" && is_review(resource)) {
@@ -300,6 +339,19 @@ mod tests {
             )),
             ("watch", "", "secrets", "", "default", "db-creds")
         );
+        // `watch` as the server reads it: the first one, true unless 0 or false.
+        for (query, verb) in [
+            ("watch=yes", "watch"),
+            ("watch=", "watch"),
+            ("watch", "watch"),
+            ("watch=TRUE", "watch"),
+            ("watch=1&watch=0", "watch"),
+            ("watch=0&watch=1", "list"),
+            ("watch=False", "list"),
+            ("watches=1", "list"),
+        ] {
+            assert_eq!(r("GET", "/api/v1/pods", Some(query)).verb, verb, "{query}");
+        }
         assert_eq!(
             resource(&r(
                 "GET",
@@ -521,6 +573,39 @@ mod tests {
             Access::Read
         );
         assert_eq!(access("GET", "/version"), Access::Read);
+        for describing in [
+            "/",
+            "/api",
+            "/apis/apps/v1",
+            "/openapi/v3/apis/apps/v1",
+            "/healthz",
+            "/readyz/etcd",
+            "/.well-known/openid-configuration",
+        ] {
+            assert_eq!(access("GET", describing), Access::Read, "{describing}");
+        }
+        for beyond in [
+            "/logs/kube-apiserver.log",
+            "/logs",
+            "/debug/pprof/heap",
+            "/metrics",
+            "/healthzz",
+        ] {
+            assert_eq!(access("GET", beyond), Access::Admin, "{beyond}");
+        }
+        assert_eq!(access("POST", "/version"), Access::Admin);
+        for secret_write in [
+            ("PATCH", "/api/v1/namespaces/d/secrets/x"),
+            ("POST", "/api/v1/namespaces/d/secrets"),
+            ("PUT", "/api/v1/namespaces/d/secrets/x"),
+            ("DELETE", "/api/v1/namespaces/d/secrets/x"),
+        ] {
+            assert_eq!(
+                access(secret_write.0, secret_write.1),
+                Access::Admin,
+                "{secret_write:?}"
+            );
+        }
         assert_eq!(
             access("GET", "/api/v1/namespaces/d/pods/p/log"),
             Access::Read

@@ -225,7 +225,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One HTTP/1.1 connection to the real API server.
 struct Upstream {
-    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    sender: hyper::client::conn::http1::SendRequest<Body>,
     authority: HeaderValue,
 }
 
@@ -427,6 +427,12 @@ impl Session<'_> {
             let refusal = "enforcer: only exec, attach and portforward may switch protocols; ask for this over plain HTTP".to_owned();
             return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
         }
+        let req = match read_secret_write(&request, req).await {
+            Ok(req) => req,
+            Err(refusal) => {
+                return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
+            }
+        };
         match self.decide(ctx, &request, &action, &text).await {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
@@ -466,12 +472,24 @@ impl Session<'_> {
         let response = if !redacting {
             response.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed())
         } else if watch {
-            redact_stream(
+            match redact_stream(
                 response,
                 self.resource.masking.clone(),
                 implied_kind(&request),
                 Arc::clone(self.ctx.metrics),
-            )
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.done(502, started, Some(e.clone())).await;
+                    return Ok(failure(
+                        StatusCode::BAD_GATEWAY,
+                        "InternalError",
+                        format!(
+                            "enforcer: the watch could not be redacted, so it is withheld: {e}"
+                        ),
+                    ));
+                }
+            }
         } else {
             match redact_whole(
                 response,
@@ -817,7 +835,7 @@ impl Session<'_> {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         redacting: bool,
     ) -> Result<Response<Incoming>, K8sError> {
         let mut upstream = self.take_upstream().await?;
@@ -861,12 +879,12 @@ impl Session<'_> {
 
     /// The client's request as enforcer sends it on: its own hop headers and credential in
     /// place of the client's, and, when the answer must be read, JSON asked for.
-    fn upstream_request(
+    fn upstream_request<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         authority: &HeaderValue,
         redacting: bool,
-    ) -> Result<Request<Incoming>, K8sError> {
+    ) -> Result<Request<B>, K8sError> {
         let (parts, body) = req.into_parts();
         let mut builder = Request::builder().method(parts.method).uri(
             parts
@@ -889,18 +907,12 @@ impl Session<'_> {
         }
         if redacting {
             // What enforcer must read: JSON, uncompressed (Table or plain, as asked).
-            let accept = parts
-                .headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .map(|a| {
-                    a.split(',')
-                        .filter(|t| !t.contains("protobuf"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .filter(|a| !a.trim().is_empty())
-                .unwrap_or_else(|| "application/json".into());
+            let accept = json_accept(
+                parts
+                    .headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
             headers.insert(
                 header::ACCEPT,
                 HeaderValue::from_str(&accept)
@@ -918,7 +930,7 @@ impl Session<'_> {
     /// Switching Protocols`, queues the relay of the stream for when the exchange is over.
     async fn open_stream(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         request: &ApiRequest,
         started: Instant,
     ) -> Response<Body> {
@@ -998,7 +1010,7 @@ impl Session<'_> {
 
     async fn send_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
     ) -> Result<(Response<Incoming>, AbortOnDrop), K8sError> {
         let (stream, authority) = Upstream::tls(self.resource, self.config()?, self.addr).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -1296,6 +1308,57 @@ fn is_review(request: &ApiRequest) -> bool {
             if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews")
 }
 
+/// The most of a Secret write's body enforcer reads (the API server's own limit is 3 MiB).
+const MAX_SECRET_WRITE: usize = 3 << 20;
+
+/// The request as enforcer forwards it. A write to a Secret is read whole first, and refused
+/// when it carries enforcer's placeholder (it would overwrite the real values with it) or,
+/// as a JSON patch, copies, moves or tests a value: the answer, or the server's error about
+/// where the value went, would show it where no redaction looks.
+async fn read_secret_write(
+    request: &ApiRequest,
+    req: Request<Incoming>,
+) -> Result<Request<Body>, String> {
+    let secret_write = matches!(&request.kind, Kind::Resource { resource, .. } if resource == "secrets")
+        && matches!(request.verb.as_str(), "create" | "update" | "patch");
+    if !secret_write {
+        return Ok(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = http_body_util::Limited::new(body, MAX_SECRET_WRITE)
+        .collect()
+        .await
+        .map_err(|e| format!("enforcer: the Secret's body could not be read whole: {e}"))?
+        .to_bytes();
+    if redact::carries_placeholder(&bytes) {
+        return Err("enforcer: this write carries enforcer's redaction placeholder, which would replace the Secret's real values; send the values themselves".into());
+    }
+    let json_patch = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("application/json-patch+json"));
+    if json_patch {
+        let ops: Vec<serde_json::Value> = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("enforcer: the JSON patch does not read: {e}"))?;
+        if let Some(op) = ops.iter().find_map(|op| {
+            op.get("op")
+                .and_then(serde_json::Value::as_str)
+                .filter(|o| !matches!(*o, "add" | "remove" | "replace"))
+        }) {
+            return Err(format!(
+                "enforcer: a JSON patch of a Secret may only add, remove or replace (not {op}): other operations can bring a value back where redaction does not look"
+            ));
+        }
+    }
+    Ok(Request::from_parts(
+        parts,
+        Full::new(bytes)
+            .map_err(|e: Infallible| -> BoxError { match e {} })
+            .boxed(),
+    ))
+}
+
 /// Whether the request opens a stream into a container — the only requests that may switch
 /// protocols (a watch over WebSocket would otherwise escape redaction).
 fn is_into_container(request: &ApiRequest) -> bool {
@@ -1304,8 +1367,9 @@ fn is_into_container(request: &ApiRequest) -> bool {
 }
 
 /// Resources whose objects carry a pod spec (and so environment variables).
-const WITH_POD_SPEC: [&str; 9] = [
+const WITH_POD_SPEC: [&str; 10] = [
     "pods",
+    "controllerrevisions",
     "podtemplates",
     "replicationcontrollers",
     "deployments",
@@ -1331,17 +1395,55 @@ fn implied_kind(request: &ApiRequest) -> Option<&'static str> {
     }
 }
 
-/// Whether the answer may carry values to redact: Secrets always; ConfigMaps and anything
-/// with a pod spec when the profile names keys.
+/// Whether the answer may carry values to redact: anything about Secrets; ConfigMaps and
+/// objects with a pod spec when the profile names keys (the objects themselves and their
+/// status, not a pod's log or what a proxy reaches, which are not API objects).
 fn needs_redaction(request: &ApiRequest, profile: &crate::mask::Profile) -> bool {
     match &request.kind {
-        Kind::Resource { resource, .. } => {
+        Kind::Resource {
+            resource,
+            subresource,
+            ..
+        } => {
             resource == "secrets"
                 || (!profile.keys.is_empty()
+                    && matches!(subresource.as_str(), "" | "status" | "ephemeralcontainers")
                     && (resource == "configmaps" || WITH_POD_SPEC.contains(&resource.as_str())))
         }
         Kind::NonResource { .. } => false,
     }
+}
+
+/// What to ask the API server for when enforcer must read the answer: the JSON forms the
+/// client accepts (plain, Table, watch stream), or plain JSON. Anything else it might
+/// choose — protobuf, YAML, CBOR — could not be redacted.
+fn json_accept(asked: Option<&str>) -> String {
+    let json: Vec<&str> = asked
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+        .collect();
+    if json.is_empty() {
+        "application/json".into()
+    } else {
+        json.join(",")
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
 }
 
 /// A whole JSON answer, redacted. Anything that is not JSON cannot be checked, so it is not
@@ -1359,12 +1461,7 @@ async fn redact_whole(
         .await
         .map_err(|e| format!("reading the answer: {e}"))?
         .to_bytes();
-    let json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json"));
-    if !json {
+    if !is_json(&parts.headers) {
         return Err("the API server did not answer in JSON".into());
     }
     let mut value: serde_json::Value =
@@ -1385,18 +1482,28 @@ async fn redact_whole(
 }
 
 /// A watch stream, redacted event by event as the events arrive (one JSON object per line).
+/// An answer that is not JSON is refused whole: it could not be read, so not redacted.
 fn redact_stream(
     response: Response<Incoming>,
     profile: crate::mask::Profile,
     kind: Option<&'static str>,
     metrics: Arc<crate::metrics::Metrics>,
-) -> Response<Body> {
+) -> Result<Response<Body>, String> {
     let (mut parts, mut body) = response.into_parts();
+    if !is_json(&parts.headers) {
+        return Err("the API server did not answer the watch in JSON".into());
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(16);
     tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            // A client that left ends the watch upstream now, not at the next event.
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = tx.closed() => return,
+            };
+            let Some(frame) = frame else { break };
             let data = match frame {
                 Ok(f) => match f.into_data() {
                     Ok(d) => d,
@@ -1407,15 +1514,15 @@ fn redact_stream(
                     return;
                 }
             };
+            // Only the new bytes can end an event: scanned once each.
+            let scanned = pending.len();
             pending.extend_from_slice(&data);
-            if pending.len() > MAX_REDACTED_BODY {
-                let _ = tx.send(Err("watch event too large to redact".into())).await;
-                return;
-            }
             let mut out = Vec::new();
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                match redact_line(&line, &profile, kind, &metrics) {
+            let mut start = 0;
+            let mut from = scanned;
+            while let Some(at) = pending[from..].iter().position(|&b| b == b'\n') {
+                let end = from + at + 1;
+                match redact_line(&pending[start..end], &profile, kind, &metrics) {
                     Some(l) => out.extend_from_slice(&l),
                     None => {
                         let _ = tx
@@ -1424,6 +1531,13 @@ fn redact_stream(
                         return;
                     }
                 }
+                start = end;
+                from = end;
+            }
+            pending.drain(..start);
+            if pending.len() > MAX_REDACTED_BODY {
+                let _ = tx.send(Err("watch event too large to redact".into())).await;
+                return;
             }
             if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
                 return;
@@ -1438,7 +1552,7 @@ fn redact_stream(
             let _ = tx.send(last).await;
         }
     });
-    Response::from_parts(parts, BoxBody::new(ChannelBody(rx)))
+    Ok(Response::from_parts(parts, BoxBody::new(ChannelBody(rx))))
 }
 
 fn redact_line(
@@ -1469,5 +1583,65 @@ impl hyper::body::Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_is_asked_for_when_the_answer_must_be_read() {
+        assert_eq!(json_accept(None), "application/json");
+        assert_eq!(
+            json_accept(Some("application/vnd.kubernetes.protobuf")),
+            "application/json"
+        );
+        assert_eq!(
+            json_accept(Some(
+                "application/json;as=Table;v=v1;g=meta.k8s.io, application/vnd.kubernetes.protobuf, application/json"
+            )),
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        );
+        for other in [
+            "application/yaml",
+            "application/cbor",
+            "*/*",
+            "text/plain",
+            "",
+        ] {
+            assert_eq!(json_accept(Some(other)), "application/json", "{other}");
+        }
+        assert_eq!(
+            json_accept(Some("Application/JSON;stream=watch")),
+            "Application/JSON;stream=watch"
+        );
+    }
+
+    #[test]
+    fn answers_are_read_where_values_may_be() {
+        let request = |path: &str| super::super::request::parse("GET", path, None).expect("parses");
+        let plain = crate::mask::Profile::default();
+        let keyed = crate::mask::Profile {
+            keys: vec!["*password*".into()],
+            ..crate::mask::Profile::default()
+        };
+        let secret = request("/api/v1/namespaces/d/secrets/x");
+        assert!(needs_redaction(&secret, &plain));
+        let pod = request("/api/v1/namespaces/d/pods/p");
+        assert!(!needs_redaction(&pod, &plain));
+        assert!(needs_redaction(&pod, &keyed));
+        assert!(needs_redaction(
+            &request("/apis/apps/v1/namespaces/d/controllerrevisions"),
+            &keyed
+        ));
+        // A pod's log and what a proxy reaches are not API objects.
+        for text in [
+            "/api/v1/namespaces/d/pods/p/log",
+            "/api/v1/namespaces/d/pods/p/proxy/x",
+        ] {
+            assert!(!needs_redaction(&request(text), &keyed), "{text}");
+        }
+        assert!(!needs_redaction(&request("/version"), &keyed));
     }
 }
