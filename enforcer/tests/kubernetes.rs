@@ -612,6 +612,12 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     // exec is refused before any stream is opened.
     let exec = kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]);
     assert!(!exec.status.success(), "{}", describe(&exec));
+    assert!(
+        stderr(&exec).contains("enforcer: k8s:create (exec) on cluster denied")
+            && stderr(&exec).contains("--access exec"),
+        "{}",
+        describe(&exec)
+    );
 
     // `kubectl auth can-i` is answered by enforcer from its own policy, not by the cluster
     // for the injected credential.

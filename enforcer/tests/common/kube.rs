@@ -317,9 +317,17 @@ pub struct Sizes {
     pub secrets: usize,
 }
 
+/// Shaped as [`secret`] is (same fields, same annotation), so that a list of each is the
+/// same work to pass on: the benchmark's pass-through baseline.
 fn config_map(name: &str) -> Value {
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"password": SECRET_VALUE}})
+    .to_string();
     json!({"kind": "ConfigMap", "apiVersion": "v1",
-        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7"},
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": applied}},
         "data": {"password": SECRET_VALUE, "username": "YXBw"}})
 }
 
