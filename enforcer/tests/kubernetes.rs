@@ -1223,6 +1223,24 @@ fn a_client_certificate_can_be_the_injected_credential() {
             .all(|s| s.client_certificate && s.authorization.is_none()),
         "{seen:?}"
     );
+    // An API server whose certificate the resource's CA did not sign is not spoken to: the
+    // policy's CA is now another one (enforcer's own), read anew for each connection.
+    let cluster_ca = std::fs::read(&cluster.api.ca).expect("read ca");
+    std::fs::copy(cluster.env.state.join("ca.pem"), &cluster.api.ca).expect("swap ca");
+    let impostor = cluster.kubectl(&["get", "pods", "-n", "default"], &[]);
+    assert!(!impostor.status.success(), "{}", describe(&impostor));
+    assert!(
+        stderr(&impostor).contains("Error from server (ServiceUnavailable)")
+            && stderr(&impostor).contains("certificate"),
+        "{}",
+        describe(&impostor)
+    );
+    assert_eq!(
+        cluster.api.seen().len(),
+        seen.len(),
+        "no request went to a server enforcer could not verify"
+    );
+    std::fs::write(&cluster.api.ca, cluster_ca).expect("restore ca");
     // A credential that cannot be read is told to the client in the API server's terms.
     std::fs::remove_file(&cluster.api.client_key).expect("remove key");
     let broken = cluster.kubectl(&["get", "pods", "-n", "default"], &[]);
