@@ -50,6 +50,8 @@ pub struct AuditLog {
     seq: u64,
     prev: String,
     appended: u64,
+    /// The seq of the last line in the file.
+    written: u64,
     /// Whole lines chained but not yet written: appends that may wait go out with the next
     /// one that may not, or at the next sync, in one write.
     pending: Vec<u8>,
@@ -139,6 +141,7 @@ impl AuditLog {
             prev,
             appended: 0,
             pending: Vec::with_capacity(PENDING_MAX),
+            written: seq,
         };
         // A head exists from the start, so that a missing head always means tampering.
         if !head_path(path).exists() {
@@ -200,7 +203,14 @@ impl AuditLog {
         written.map_err(|source| AuditError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        self.written = self.seq;
+        Ok(())
+    }
+
+    /// The seq of the last record in the file (those held back are not).
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// The last link written to the file (lines held back are not in it yet: call

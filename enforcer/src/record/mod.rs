@@ -167,8 +167,32 @@ impl Recorder {
     /// Records the event: in the audit file when this returns (synced within 50 ms), and in
     /// the enforcement log within 50 ms. For what is let through on the strength of its
     /// record: a decision, a relayed frame.
+    ///
+    /// Group commit: the record is chained at once, then the task yields, so that the other
+    /// connections this proxy thread has ready chain theirs too; the first of them back
+    /// writes them all in one write. A statement still goes on only once its own record is
+    /// in the file.
     pub async fn record_written(&self, event: Event) -> Result<(), RecorderClosed> {
-        self.write(&event, true)
+        let seq = self.chain(&event)?;
+        tokio::task::yield_now().await;
+        self.written_through(seq)
+    }
+
+    /// Makes sure the record `seq` is in the file (written by this call if no other wrote it).
+    fn written_through(&self, seq: u64) -> Result<(), RecorderClosed> {
+        let mut sinks = lock(&self.shared.sinks);
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(RecorderClosed);
+        }
+        if sinks.audit.written() >= seq {
+            return Ok(());
+        }
+        if let Err(e) = sinks.audit.flush() {
+            tracing::error!(error = %e, "audit log write failed; enforcement refuses from now on");
+            self.shared.failed.store(true, Ordering::Relaxed);
+            return Err(RecorderClosed);
+        }
+        Ok(())
     }
 
     /// Records an event that reports on something already done (a statement's outcome, a
@@ -176,11 +200,12 @@ impl Recorder {
     /// 50 ms.
     /// Takes no await: it can run where none is possible (a response body being dropped).
     pub fn record_soon(&self, event: Event) -> Result<(), RecorderClosed> {
-        self.write(&event, false)
+        self.chain(&event).map(drop)
     }
 
-    fn write(&self, event: &Event, now: bool) -> Result<(), RecorderClosed> {
-        {
+    /// Chains the event (in the file with the next write); returns its seq.
+    fn chain(&self, event: &Event) -> Result<u64, RecorderClosed> {
+        let seq = {
             let mut sinks = lock(&self.shared.sinks);
             if self.shared.failed.load(Ordering::Relaxed) {
                 return Err(RecorderClosed);
@@ -188,7 +213,7 @@ impl Recorder {
             let stamp = time::OffsetDateTime::now_utc();
             let time = audit::rfc3339(stamp);
             let Sinks { audit, log, line } = &mut *sinks;
-            if let Err(e) = audit.append_at(event, &time, now) {
+            if let Err(e) = audit.append_at(event, &time, false) {
                 tracing::error!(error = %e, "audit log write failed; enforcement refuses from now on");
                 self.shared.failed.store(true, Ordering::Relaxed);
                 return Err(RecorderClosed);
@@ -200,10 +225,11 @@ impl Recorder {
                 }
             }
             self.shared.dirty.store(true, Ordering::Release);
-        }
+            audit.seq()
+        };
         // Human-readable, on stderr, as RUST_LOG asks (denied connections by default).
         event.log();
-        Ok(())
+        Ok(seq)
     }
 }
 
