@@ -248,6 +248,22 @@ fn statements_are_decided_masked_and_recorded() {
         "{text}"
     );
 
+    // Content detectors read text: a timestamp or a 10-digit id is no phone number, even
+    // as text; the same digits in a sentence are one.
+    let typed = agent_psql(
+        &cg,
+        port,
+        "SELECT timestamp '2026-12-03 15:06:06', 4155550123::bigint, \
+         (timestamp '2026-12-03 15:06:06')::text, 'call 415 555 0123'",
+    );
+    assert!(typed.status.success(), "{}", describe(&typed));
+    assert_eq!(
+        stdout(&typed).trim(),
+        "2026-12-03 15:06:06|4155550123|2026-12-03 15:06:06|call *** *** 0123",
+        "{}",
+        describe(&typed)
+    );
+
     // A write without a grant: denied with 42501 naming what to do; nothing changed.
     let delete = agent_psql(&cg, port, "DELETE FROM customers WHERE id = 2");
     assert!(!delete.status.success());

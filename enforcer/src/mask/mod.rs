@@ -1,5 +1,6 @@
 //! Masking: sensitive values never reach the workload. Columns are masked by name pattern;
-//! every text value is also scanned by content detectors (emails, card numbers with a Luhn
+//! every text value (not numbers, times or addresses: see the PostgreSQL session) is also
+//! scanned by content detectors (emails, card numbers with a Luhn
 //! check, IBANs with their checksum, US SSNs, phone numbers, API keys, private keys, JWTs).
 //! Strategies: `redact` (a fixed marker), `partial` (keep the last 4 characters), `hash` (a
 //! keyed hash, stable for the life of the process, so equal values still compare equal).
@@ -108,17 +109,6 @@ impl Detector {
         &all[self.index()]
     }
 
-    /// Every detector at once: one pass over a value says which detectors may fire, and most
-    /// values need no other.
-    fn set() -> &'static regex::RegexSet {
-        static SET: OnceLock<regex::RegexSet> = OnceLock::new();
-        SET.get_or_init(|| {
-            #[allow(clippy::expect_used)]
-            regex::RegexSet::new(Detector::ALL.map(Detector::pattern))
-                .expect("detector patterns compile")
-        })
-    }
-
     /// A match that is really this kind of value (checksums, digit counts).
     fn confirms(self, text: &str) -> bool {
         match self {
@@ -126,32 +116,171 @@ impl Detector {
             Detector::Iban => iban_checksum(text),
             Detector::Phone => {
                 let digits = text.chars().filter(char::is_ascii_digit).count();
-                (9..=15).contains(&digits)
+                (9..=15).contains(&digits) && !starts_with_a_date(text)
             }
             _ => true,
         }
     }
 }
 
-fn luhn(text: &str) -> bool {
-    let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
-    if !(13..=19).contains(&digits.len()) {
+/// `2026-12-03 15…` or `03.12.2026 …` has the digit groups of a phone number; timestamps
+/// written as text are everywhere (logs, exports), phone numbers never start with a date.
+fn starts_with_a_date(text: &str) -> bool {
+    let Some(&[a, b, c, d, e, f, g, h, i, j]) = text.as_bytes().get(..10) else {
         return false;
-    }
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
+    };
+    let num = |x: &[u8]| -> Option<u32> {
+        x.iter().try_fold(0, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
         })
-        .sum();
-    sum.is_multiple_of(10)
+    };
+    let month_day =
+        |m: Option<u32>, dd: Option<u32>| matches!((m, dd), (Some(1..=12), Some(1..=31)));
+    let separators = |s: u8, t: u8| s == t && matches!(s, b'-' | b'.' | b'/');
+    // year first (ISO) or day first
+    (separators(e, h) && num(&[a, b, c, d]).is_some() && month_day(num(&[f, g]), num(&[i, j])))
+        || (separators(c, f)
+            && num(&[g, h, i, j]).is_some()
+            && month_day(num(&[d, e]), num(&[a, b])))
+}
+
+/// What one pass over a value's bytes says about the detectors that could fire: each
+/// detector needs some bytes (an `@`, a run of thirteen digits, the letters of `BEGIN`), and
+/// one not run on a value that lacks them costs nothing. Most values of a result (names,
+/// words, ids, hashes, timestamps) then cost a table lookup per byte, not regex searches.
+struct Facts {
+    /// Digits in the longest run of digits whose gaps are at most two of ` .-()`: the
+    /// most a card, SSN or phone match in the value can have.
+    run: usize,
+    seen: u32,
+    /// Two capitals then two digits: where an IBAN starts.
+    iban: bool,
+}
+
+const DIGIT: u32 = 1;
+const AT: u32 = 1 << 1;
+const DASH: u32 = 1 << 2;
+const UNDERSCORE: u32 = 1 << 3;
+const UPPER: u32 = 1 << 4;
+/// What may stand between the digits of a card, SSN or phone number.
+const SEPARATOR: u32 = 1 << 5;
+/// One bit per letter some detector's literal needs, from bit 6 on.
+const LETTERS: &[u8] = b"skghlxoeyAKIJBEGN";
+
+const fn letter(c: u8) -> u32 {
+    let mut i = 0;
+    while i < LETTERS.len() {
+        if LETTERS[i] == c {
+            return 1 << (6 + i);
+        }
+        i += 1;
+    }
+    0
+}
+
+const fn letters(word: &[u8]) -> u32 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < word.len() {
+        bits |= letter(word[i]);
+        i += 1;
+    }
+    bits
+}
+
+// What the literal-led detectors need: sk-, AKIA, gh?_, xox?-, glpat-; BEGIN and dashes;
+// eyJ.
+const API_KEYS: [u32; 5] = [
+    letters(b"sk") | DASH,
+    letters(b"AKI"),
+    letters(b"gh") | UNDERSCORE,
+    letters(b"xo") | DASH,
+    letters(b"gl") | DASH,
+];
+const PRIVATE_KEY: u32 = letters(b"BEGIN") | DASH;
+const JWT: u32 = letters(b"eyJ");
+
+static CLASS: [u32; 256] = {
+    let mut table = [0; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = letter(b)
+            | match b {
+                b'0'..=b'9' => DIGIT,
+                b'@' => AT,
+                b'-' => DASH | SEPARATOR,
+                b' ' | b'.' | b'(' | b')' => SEPARATOR,
+                b'_' => UNDERSCORE,
+                b'A'..=b'Z' => UPPER,
+                _ => 0,
+            };
+        c += 1;
+    }
+    table
+};
+
+impl Facts {
+    fn of(text: &str) -> Facts {
+        let bytes = text.as_bytes();
+        let mut facts = Facts {
+            run: 0,
+            seen: 0,
+            iban: false,
+        };
+        let (mut run, mut gap) = (0, 0);
+        for (i, &b) in bytes.iter().enumerate() {
+            let class = CLASS[usize::from(b)];
+            facts.seen |= class;
+            if class & DIGIT != 0 {
+                run += 1;
+                gap = 0;
+                facts.run = facts.run.max(run);
+                if !facts.iban && i >= 3 {
+                    let before = |j: usize| CLASS[usize::from(bytes[i - j])];
+                    facts.iban =
+                        before(3) & UPPER != 0 && before(2) & UPPER != 0 && before(1) & DIGIT != 0;
+                }
+            } else if class & SEPARATOR != 0 && gap < 2 {
+                gap += 1;
+            } else {
+                run = 0;
+                gap = 0;
+            }
+        }
+        facts
+    }
+
+    fn has(&self, bits: u32) -> bool {
+        self.seen & bits == bits
+    }
+
+    /// Whether `detector` could confirm a match in the value (never false when it could).
+    fn allow(&self, detector: Detector) -> bool {
+        match detector {
+            Detector::Email => self.has(AT),
+            Detector::Card => self.run >= 13,
+            Detector::Ssn => self.run >= 9 && self.has(DASH),
+            Detector::Phone => self.run >= 9,
+            Detector::Iban => self.iban,
+            Detector::ApiKey => API_KEYS.iter().any(|&bits| self.has(bits)),
+            Detector::PrivateKey => self.has(PRIVATE_KEY),
+            Detector::Jwt => self.has(JWT),
+        }
+    }
+}
+
+fn luhn(text: &str) -> bool {
+    let (count, sum) = text
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_digit)
+        .map(|c| u32::from(c - b'0'))
+        .fold((0usize, 0u32), |(i, sum), d| {
+            let d = if i % 2 == 1 { d * 2 } else { d };
+            (i + 1, sum + if d > 9 { d - 9 } else { d })
+        });
+    (13..=19).contains(&count) && sum.is_multiple_of(10)
 }
 
 fn iban_checksum(text: &str) -> bool {
@@ -263,17 +392,19 @@ impl Profile {
     /// Masks whatever the detectors find in `text`; `None` if nothing was found. Also
     /// returns the names of the detectors that fired.
     pub fn scan<'a>(&self, text: &'a str) -> (Cow<'a, str>, Vec<&'static str>) {
+        self.scan_with(text, true)
+    }
+
+    /// `gated: false` runs every detector's regex: what the gate must agree with.
+    fn scan_with<'a>(&self, text: &'a str, gated: bool) -> (Cow<'a, str>, Vec<&'static str>) {
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         let mut fired = Vec::new();
         if self.detectors.is_empty() {
             return (out, fired);
         }
-        let candidates = Detector::set().matches(text);
-        if !candidates.matched_any() {
-            return (out, fired);
-        }
+        let facts = Facts::of(text);
         for detector in &self.detectors {
-            if !candidates.matched(detector.index()) {
+            if gated && !facts.allow(*detector) {
                 continue;
             }
             let re = detector.regex();
@@ -409,7 +540,35 @@ mod tests {
         assert!(qualified.masks_table_column("x", "y", "SSN"));
     }
 
+    #[test]
+    fn dates_are_not_phone_numbers() {
+        for date in [
+            "2026-12-03 15:06:06.407537+00",
+            "03.12.2026 15 04 05",
+            "backup of 2026-12-03 15 done",
+        ] {
+            assert_eq!(scan(date).0, date, "{date}");
+        }
+        assert_eq!(scan("call 2026 120 3150").1, ["phone"]);
+        assert_eq!(scan("call 0794-61-23 456").1, ["phone"]);
+    }
+
     proptest::proptest! {
+        /// The byte gate never skips a detector that would have masked something.
+        #[test]
+        fn the_gate_changes_nothing(
+            text in "([0-9]{1,5}|[A-Z]{1,4}|[a-z]{1,4}|[A-Za-z0-9_-]{16,40}|[ .@+()/_-]|eyJ|sk-|AKIA|ghp_|xoxb-|glpat-|-----(BEGIN|END) PRIVATE KEY-----|\\n){0,24}",
+            partial in proptest::bool::ANY,
+        ) {
+            let profile = Profile {
+                strategy: if partial { Strategy::Partial } else { Strategy::Redact },
+                ..Profile::default()
+            };
+            let gated = profile.scan_with(&text, true);
+            let every = profile.scan_with(&text, false);
+            proptest::prop_assert_eq!(gated, every);
+        }
+
         #[test]
         fn scanning_never_panics(text in "\\PC{0,80}") {
             let _ = Profile::default().scan(&text);

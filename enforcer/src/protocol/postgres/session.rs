@@ -1538,7 +1538,9 @@ impl<W> Session<'_, W> {
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
         let ruled = column.filter(|c| c.ruled);
-        if ruled.is_none() && profile.detectors.is_empty() {
+        let scanned =
+            !profile.detectors.is_empty() && column.is_none_or(|c| may_hold_text(c.type_oid));
+        if ruled.is_none() && !scanned {
             return None;
         }
         match (ruled, std::str::from_utf8(value)) {
@@ -1550,7 +1552,7 @@ impl<W> Session<'_, W> {
                 fired.add("column");
                 Some(None)
             }
-            (None, Ok(text)) if textual => {
+            (None, Ok(text)) if textual && scanned => {
                 let (scanned, detectors) = profile.scan(text);
                 if detectors.is_empty() {
                     return None;
@@ -1591,6 +1593,26 @@ fn own_error_without_context(frame: BytesMut, bctx: &DecodeContext) -> Result<By
 fn is_text_type(oid: u32) -> bool {
     // text, varchar, bpchar, name, unknown, json, xml, citext-less defaults
     matches!(oid, 25 | 1043 | 1042 | 19 | 705 | 114 | 142)
+}
+
+/// Whether content detectors read values of this type. Numbers, times, addresses and the
+/// like are left to column rules: their digit runs look like phone or card numbers (a
+/// timestamp, a 10-digit id) and masking them would corrupt ordinary results. A type not
+/// known here (citext, enums, domains: their OIDs vary per database) is read.
+fn may_hold_text(oid: u32) -> bool {
+    !matches!(
+        oid,
+        16 // bool
+        | 17 // bytea
+        | 20 | 21 | 23 | 700 | 701 | 1700 | 790 // integers, floats, numeric, money
+        | 24 | 26 | 27 | 28 | 29 | 2202..=2206 | 4089 | 4096 | 5069 // reg*, oid, tid, xid, cid
+        | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 // date and time
+        | 650 | 869 | 774 | 829 // cidr, inet, macaddr8, macaddr
+        | 600..=604 | 628 | 718 // geometry
+        | 1560 | 1562 | 2950 | 3220 // bit, varbit, uuid, pg_lsn
+        | 1005 | 1007 | 1016 | 1021 | 1022 | 1231 | 2951 // arrays of numbers and uuids
+        | 1115 | 1182 | 1183 | 1185 | 1187 | 1270 // arrays of dates and times
+    )
 }
 
 /// A statement's columns with the result formats a Bind asked for.
