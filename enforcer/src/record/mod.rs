@@ -187,12 +187,14 @@ impl Recorder {
         if sinks.audit.written() >= seq {
             return Ok(());
         }
-        if let Err(e) = sinks.audit.flush() {
-            tracing::error!(error = %e, "audit log write failed; enforcement refuses from now on");
-            self.shared.failed.store(true, Ordering::Relaxed);
-            return Err(RecorderClosed);
-        }
-        Ok(())
+        sinks.audit.flush().map_err(|e| self.fail(e))
+    }
+
+    /// A failed audit write closes the recorder for good: enforcement refuses from then on.
+    fn fail(&self, error: AuditError) -> RecorderClosed {
+        tracing::error!(%error, "audit log write failed; enforcement refuses from now on");
+        self.shared.failed.store(true, Ordering::Relaxed);
+        RecorderClosed
     }
 
     /// Records an event that reports on something already done (a statement's outcome, a
@@ -214,9 +216,7 @@ impl Recorder {
             let time = audit::rfc3339(stamp);
             let Sinks { audit, log, line } = &mut *sinks;
             if let Err(e) = audit.append_at(event, &time, false) {
-                tracing::error!(error = %e, "audit log write failed; enforcement refuses from now on");
-                self.shared.failed.store(true, Ordering::Relaxed);
-                return Err(RecorderClosed);
+                return Err(self.fail(e));
             }
             if let Some(log) = log {
                 line.clear();

@@ -1538,9 +1538,9 @@ impl<W> Session<'_, W> {
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
         let ruled = column.filter(|c| c.ruled);
-        let scanned =
+        let detect =
             !profile.detectors.is_empty() && column.is_none_or(|c| may_hold_text(c.type_oid));
-        if ruled.is_none() && !scanned {
+        if ruled.is_none() && !detect {
             return None;
         }
         match (ruled, std::str::from_utf8(value)) {
@@ -1552,7 +1552,7 @@ impl<W> Session<'_, W> {
                 fired.add("column");
                 Some(None)
             }
-            (None, Ok(text)) if textual && scanned => {
+            (None, Ok(text)) if textual && detect => {
                 let (scanned, detectors) = profile.scan(text);
                 if detectors.is_empty() {
                     return None;
@@ -1603,7 +1603,6 @@ fn may_hold_text(oid: u32) -> bool {
     !matches!(
         oid,
         16 // bool
-        | 17 // bytea
         | 20 | 21 | 23 | 700 | 701 | 1700 | 790 // integers, floats, numeric, money
         | 24 | 26 | 27 | 28 | 29 | 2202..=2206 | 4089 | 4096 | 5069 // reg*, oid, tid, xid, cid
         | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 // date and time
