@@ -144,8 +144,8 @@ fn a_held_grant_is_approved_by_the_operator_and_never_by_the_workload() {
     let hook = WebhookSink::start();
     let policy = grant_policy(&env, "policy", "5m", Some(&hook.url));
     let cg = TestCgroup::new("grant-approve");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _) = start_daemon(&env, &policy, &cg.path, &admin);
+    let (_daemon, ready) = start_daemon(&env, &policy, &cg.path, "127.0.0.1:0");
+    let admin = ready_field(&ready, "admin").to_owned();
 
     let waiting = spawn_waiting(workload(
         &cg,
@@ -302,8 +302,8 @@ fn grant_requests_are_forbidden_denied_or_timed_out_with_reasons() {
     let env = Env::new();
     let policy = grant_policy(&env, "policy", "2s", None);
     let cg = TestCgroup::new("grant-deny");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _) = start_daemon(&env, &policy, &cg.path, &admin);
+    let (_daemon, ready) = start_daemon(&env, &policy, &cg.path, "127.0.0.1:0");
+    let admin = ready_field(&ready, "admin").to_owned();
     let ask = |access: &str| {
         workload(
             &cg,
@@ -387,13 +387,12 @@ fn an_approval_on_one_host_releases_a_request_waiting_on_another() {
     let policy = grant_policy(&env, "policy", "5m", None);
     let (state_a, state_b) = (env.path().join("state-a"), env.path().join("state-b"));
     let (cg_a, cg_b) = (TestCgroup::new("host-a"), TestCgroup::new("host-b"));
-    let (admin_a, admin_b) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let store = ["--store", url.as_str()];
-    let (_a, _) = start_daemon_with(&env, &policy, &cg_a.path, &admin_a, &state_a, &store);
-    let (_b, _) = start_daemon_with(&env, &policy, &cg_b.path, &admin_b, &state_b, &store);
+    let any = "127.0.0.1:0";
+    let (_a, ready_a) = start_daemon_with(&env, &policy, &cg_a.path, any, &state_a, &store);
+    let (_b, ready_b) = start_daemon_with(&env, &policy, &cg_b.path, any, &state_b, &store);
+    let admin_a = ready_field(&ready_a, "admin").to_owned();
+    let admin_b = ready_field(&ready_b, "admin").to_owned();
 
     let waiting = spawn_waiting(workload(
         &cg_a,

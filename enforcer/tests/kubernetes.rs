@@ -101,8 +101,8 @@ impl Cluster {
         .expect("yaml");
         std::fs::write(policy.join("cluster.cedar"), cedar).expect("cedar");
         let cg = TestCgroup::new("k8s");
-        let admin = format!("127.0.0.1:{}", free_port());
-        let (daemon, _) = start_daemon(&env, &policy, &cg.path, &admin);
+        let (daemon, ready) = start_daemon(&env, &policy, &cg.path, "127.0.0.1:0");
+        let admin = ready_field(&ready, "admin").to_owned();
 
         // The kubeconfig enforcer hands out: the cluster's address, enforcer's CA, no user
         // credential. The agent's copy also carries its stale cluster-admin token.

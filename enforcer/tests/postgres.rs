@@ -218,8 +218,8 @@ fn statements_are_decided_masked_and_recorded() {
     let shop = shop(&env);
     let port = shop.pg.port;
     let cg = TestCgroup::new("pg");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _) = start_daemon(&env, &shop.policy, &cg.path, &admin);
+    let (_daemon, ready) = start_daemon(&env, &shop.policy, &cg.path, "127.0.0.1:0");
+    let admin = ready_field(&ready, "admin").to_owned();
 
     // The stale password is never used: enforcer logs in upstream as the policy's role.
     let who = agent_psql(&cg, port, "SELECT current_user");
@@ -561,8 +561,7 @@ fn every_statement_is_recorded_under_load() {
     let shop = shop(&env);
     let port = shop.pg.port.to_string();
     let cg = TestCgroup::new("pgbench");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (daemon, _) = start_daemon(&env, &shop.policy, &cg.path, &admin);
+    let (daemon, _) = start_daemon(&env, &shop.policy, &cg.path, "127.0.0.1:0");
     let script = env.path().join("bench.sql");
     std::fs::write(&script, "SELECT name FROM customers WHERE id = 1;\n").expect("script");
     let script = script.display().to_string();
@@ -642,8 +641,8 @@ fn tls_copy_table_rules_and_failures() {
     let shop = shop_with(&env, "3s");
     let port = shop.pg.port;
     let cg = TestCgroup::new("pg2");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (_daemon, _) = start_daemon(&env, &shop.policy, &cg.path, &admin);
+    let (_daemon, ready) = start_daemon(&env, &shop.policy, &cg.path, "127.0.0.1:0");
+    let admin = ready_field(&ready, "admin").to_owned();
 
     // The client verifies enforcer's certificate for 127.0.0.1 against enforcer's CA; the
     // server sees a TLS connection from enforcer (the role may only log in over TLS).

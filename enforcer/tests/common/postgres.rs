@@ -80,18 +80,35 @@ impl Postgres {
         run(Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(dir.path()));
-        let port = super::free_port();
-        run(as_postgres("pg_ctl")
-            .args(["start", "-w", "-D"])
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
-                dir = dir.path().display()
-            ))
-            .stdout(Stdio::null()));
+        // A port found free can be taken by a parallel test before the server binds it:
+        // another port is tried then.
+        let mut attempts = 0;
+        let port = loop {
+            let port = super::free_port();
+            let out = as_postgres("pg_ctl")
+                .args(["start", "-w", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key",
+                    dir = dir.path().display()
+                ))
+                .stdout(Stdio::null())
+                .output()
+                .expect("pg_ctl");
+            attempts += 1;
+            if out.status.success() {
+                break port;
+            }
+            assert!(
+                attempts < 3,
+                "pg_ctl start: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+        };
         Postgres {
             _dir: dir,
             data,
