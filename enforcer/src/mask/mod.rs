@@ -5,7 +5,10 @@
 //! Strategies: `redact` (a fixed marker), `partial` (keep the last 4 characters), `hash` (a
 //! keyed hash, stable for the life of the process, so equal values still compare equal).
 
-use std::{borrow::Cow, sync::OnceLock};
+mod email;
+mod numbers;
+
+use std::{borrow::Cow, ops::Range, sync::OnceLock};
 
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -69,17 +72,14 @@ impl Detector {
         }
     }
 
-    /// ASCII word boundaries and digits: Unicode ones would keep the regex engine off its
+    /// The regex of a detector found by one; the others are found by hand (`email`,
+    /// `numbers`). ASCII word boundaries: Unicode ones would keep the regex engine off its
     /// fast automaton, and the values looked for are ASCII.
-    fn pattern(self) -> &'static str {
-        match self {
-            Detector::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-            Detector::Card => r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+    fn pattern(self) -> Option<&'static str> {
+        Some(match self {
             Detector::Iban => {
                 r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?-u:\b)"
             }
-            Detector::Ssn => r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}(?-u:\b)",
-            Detector::Phone => r"\+?\(?[0-9]{1,4}\)?(?:[ .-]?[0-9]{2,4}){2,5}(?-u:\b)",
             Detector::ApiKey => {
                 r"(?-u:\b)(?:sk-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20})(?-u:\b)"
             }
@@ -87,37 +87,34 @@ impl Detector {
                 r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
             }
             Detector::Jwt => r"(?-u:\b)eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+",
-        }
+            Detector::Email | Detector::Card | Detector::Ssn | Detector::Phone => return None,
+        })
     }
 
     fn index(self) -> usize {
         Detector::ALL.iter().position(|d| *d == self).unwrap_or(0)
     }
 
-    fn regex(self) -> &'static Regex {
-        static ALL: OnceLock<Vec<Regex>> = OnceLock::new();
+    fn regex(self) -> Option<&'static Regex> {
+        static ALL: OnceLock<Vec<Option<Regex>>> = OnceLock::new();
         let all = ALL.get_or_init(|| {
             Detector::ALL
                 .iter()
                 .map(|d| {
                     // The patterns are constants checked by the tests below.
                     #[allow(clippy::expect_used)]
-                    Regex::new(d.pattern()).expect("detector pattern compiles")
+                    d.pattern()
+                        .map(|p| Regex::new(p).expect("detector pattern compiles"))
                 })
                 .collect()
         });
-        &all[self.index()]
+        all[self.index()].as_ref()
     }
 
-    /// A match that is really this kind of value (checksums, digit counts).
+    /// A match that is really this kind of value (checksums).
     fn confirms(self, text: &str) -> bool {
         match self {
-            Detector::Card => luhn(text),
             Detector::Iban => iban_checksum(text),
-            Detector::Phone => {
-                let digits = text.chars().filter(char::is_ascii_digit).count();
-                (9..=15).contains(&digits) && !starts_with_a_date(text)
-            }
             _ => true,
         }
     }
@@ -125,8 +122,8 @@ impl Detector {
 
 /// `2026-12-03 15…` or `03.12.2026 …` has the digit groups of a phone number; timestamps
 /// written as text are everywhere (logs, exports), phone numbers never start with a date.
-fn starts_with_a_date(text: &str) -> bool {
-    let Some(&[a, b, c, d, e, f, g, h, i, j]) = text.as_bytes().get(..10) else {
+fn starts_with_a_date(text: &[u8]) -> bool {
+    let Some(&[a, b, c, d, e, f, g, h, i, j]) = text.get(..10) else {
         return false;
     };
     let num = |x: &[u8]| -> Option<u32> {
@@ -145,33 +142,26 @@ fn starts_with_a_date(text: &str) -> bool {
 }
 
 /// What one pass over a value's bytes says about the detectors that could fire: each
-/// detector needs some bytes (an `@`, a run of thirteen digits, the letters of `BEGIN`), and
-/// one not run on a value that lacks them costs nothing. Most values of a result (names,
-/// words, ids, hashes, timestamps) then cost a table lookup per byte, not regex searches.
+/// detector needs some bytes (an `@`, nine digits, the letters of `BEGIN`), and one not run
+/// on a value that lacks them costs nothing. Most values of a result (names, words, ids,
+/// hashes, timestamps) then cost a table lookup per byte.
 struct Facts {
-    /// Digits in the longest run of digits whose gaps are at most two of ` .-()`: the
-    /// most a card, SSN or phone match in the value can have.
-    run: usize,
+    digits: usize,
     seen: u32,
-    /// Two capitals then two digits: where an IBAN starts.
-    iban: bool,
 }
 
-const DIGIT: u32 = 1;
-const AT: u32 = 1 << 1;
-const DASH: u32 = 1 << 2;
-const UNDERSCORE: u32 = 1 << 3;
-const UPPER: u32 = 1 << 4;
-/// What may stand between the digits of a card, SSN or phone number.
-const SEPARATOR: u32 = 1 << 5;
-/// One bit per letter some detector's literal needs, from bit 6 on.
+const AT: u32 = 1;
+const DASH: u32 = 1 << 1;
+const UNDERSCORE: u32 = 1 << 2;
+const UPPER: u32 = 1 << 3;
+/// One bit per letter some detector's literal needs, from bit 4 on.
 const LETTERS: &[u8] = b"skghlxoeyAKIJBEGN";
 
 const fn letter(c: u8) -> u32 {
     let mut i = 0;
     while i < LETTERS.len() {
         if LETTERS[i] == c {
-            return 1 << (6 + i);
+            return 1 << (4 + i);
         }
         i += 1;
     }
@@ -207,10 +197,8 @@ static CLASS: [u32; 256] = {
         let b = c as u8;
         table[c] = letter(b)
             | match b {
-                b'0'..=b'9' => DIGIT,
                 b'@' => AT,
-                b'-' => DASH | SEPARATOR,
-                b' ' | b'.' | b'(' | b')' => SEPARATOR,
+                b'-' => DASH,
                 b'_' => UNDERSCORE,
                 b'A'..=b'Z' => UPPER,
                 _ => 0,
@@ -221,48 +209,29 @@ static CLASS: [u32; 256] = {
 };
 
 impl Facts {
-    fn of(text: &str) -> Facts {
-        let bytes = text.as_bytes();
-        let mut facts = Facts {
-            run: 0,
-            seen: 0,
-            iban: false,
-        };
-        let (mut run, mut gap) = (0, 0);
-        for (i, &b) in bytes.iter().enumerate() {
-            let class = CLASS[usize::from(b)];
-            facts.seen |= class;
-            if class & DIGIT != 0 {
-                run += 1;
-                gap = 0;
-                facts.run = facts.run.max(run);
-                if !facts.iban && i >= 3 {
-                    let before = |j: usize| CLASS[usize::from(bytes[i - j])];
-                    facts.iban =
-                        before(3) & UPPER != 0 && before(2) & UPPER != 0 && before(1) & DIGIT != 0;
-                }
-            } else if class & SEPARATOR != 0 && gap < 2 {
-                gap += 1;
-            } else {
-                run = 0;
-                gap = 0;
-            }
-        }
-        facts
+    fn of(text: &[u8]) -> Facts {
+        // No branch per byte: values mix letters and digits, and a branch on each would
+        // be mispredicted at every change.
+        let (seen, digits) = text.iter().fold((0, 0), |(seen, digits), &b| {
+            (
+                seen | CLASS[usize::from(b)],
+                digits + usize::from(b.wrapping_sub(b'0') < 10),
+            )
+        });
+        Facts { digits, seen }
     }
 
     fn has(&self, bits: u32) -> bool {
         self.seen & bits == bits
     }
 
-    /// Whether `detector` could confirm a match in the value (never false when it could).
-    fn allow(&self, detector: Detector) -> bool {
+    /// Whether `detector` could find something in `text` (never false when it could).
+    fn allow(&self, detector: Detector, text: &[u8]) -> bool {
         match detector {
             Detector::Email => self.has(AT),
-            Detector::Card => self.run >= 13,
-            Detector::Ssn => self.run >= 9 && self.has(DASH),
-            Detector::Phone => self.run >= 9,
-            Detector::Iban => self.iban,
+            Detector::Card => self.digits >= 13,
+            Detector::Ssn | Detector::Phone => self.digits >= 9,
+            Detector::Iban => self.digits >= 2 && self.has(UPPER) && iban_start(text),
             Detector::ApiKey => API_KEYS.iter().any(|&bits| self.has(bits)),
             Detector::PrivateKey => self.has(PRIVATE_KEY),
             Detector::Jwt => self.has(JWT),
@@ -270,17 +239,14 @@ impl Facts {
     }
 }
 
-fn luhn(text: &str) -> bool {
-    let (count, sum) = text
-        .bytes()
-        .rev()
-        .filter(u8::is_ascii_digit)
-        .map(|c| u32::from(c - b'0'))
-        .fold((0usize, 0u32), |(i, sum), d| {
-            let d = if i % 2 == 1 { d * 2 } else { d };
-            (i + 1, sum + if d > 9 { d - 9 } else { d })
-        });
-    (13..=19).contains(&count) && sum.is_multiple_of(10)
+/// Two capitals then two digits: where an IBAN starts.
+fn iban_start(text: &[u8]) -> bool {
+    text.windows(4).any(|w| {
+        w[0].is_ascii_uppercase()
+            && w[1].is_ascii_uppercase()
+            && w[2].is_ascii_digit()
+            && w[3].is_ascii_digit()
+    })
 }
 
 fn iban_checksum(text: &str) -> bool {
@@ -395,37 +361,79 @@ impl Profile {
         self.scan_with(text, true)
     }
 
-    /// `gated: false` runs every detector's regex: what the gate must agree with.
+    /// `gated: false` runs every detector: what the gate must agree with. Card, SSN and
+    /// phone numbers are looked for last, in one pass, whatever their place in the list.
     fn scan_with<'a>(&self, text: &'a str, gated: bool) -> (Cow<'a, str>, Vec<&'static str>) {
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         let mut fired = Vec::new();
         if self.detectors.is_empty() {
             return (out, fired);
         }
-        let facts = Facts::of(text);
-        for detector in &self.detectors {
-            if gated && !facts.allow(*detector) {
-                continue;
-            }
-            let re = detector.regex();
-            // Only matches that pass the detector's own check (checksums, digit counts)
-            // are masked; a value without one is left as it is, uncopied.
-            let mut masked = String::new();
-            let mut last = 0;
-            for m in re.find_iter(&out) {
-                if detector.confirms(m.as_str()) {
-                    masked.push_str(&out[last..m.start()]);
-                    masked.push_str(&apply(self.strategy, m.as_str(), detector.name()));
-                    last = m.end();
+        let facts = Facts::of(text.as_bytes());
+        let allowed =
+            |detector: Detector, text: &str| !gated || facts.allow(detector, text.as_bytes());
+        let mut numbers = numbers::Wanted::default();
+        for &detector in &self.detectors {
+            match detector {
+                Detector::Card => numbers.card = allowed(detector, text),
+                Detector::Ssn => numbers.ssn = allowed(detector, text),
+                Detector::Phone => numbers.phone = allowed(detector, text),
+                Detector::Email if allowed(detector, &out) => {
+                    let mut found = Vec::new();
+                    email::find(out.as_bytes(), |r| found.push((r, detector)));
+                    self.replace(&mut out, &found, &mut fired);
                 }
-            }
-            if last > 0 {
-                masked.push_str(&out[last..]);
-                fired.push(detector.name());
-                out = Cow::Owned(masked);
+                _ if allowed(detector, &out) => {
+                    let Some(re) = detector.regex() else { continue };
+                    // Only matches that pass the detector's own check (checksums) are
+                    // masked; a value without one is left as it is, uncopied.
+                    let found: Vec<_> = re
+                        .find_iter(&out)
+                        .filter(|m| detector.confirms(m.as_str()))
+                        .map(|m| (m.range(), detector))
+                        .collect();
+                    self.replace(&mut out, &found, &mut fired);
+                }
+                _ => {}
             }
         }
+        if numbers.any() {
+            let mut found = Vec::new();
+            numbers::find(out.as_bytes(), numbers, |r, kind| {
+                let detector = match kind {
+                    numbers::Kind::Card => Detector::Card,
+                    numbers::Kind::Ssn => Detector::Ssn,
+                    numbers::Kind::Phone => Detector::Phone,
+                };
+                found.push((r, detector));
+            });
+            self.replace(&mut out, &found, &mut fired);
+        }
         (out, fired)
+    }
+
+    /// Masks the ranges found (in order, not overlapping) and notes which detectors fired.
+    fn replace(
+        &self,
+        out: &mut Cow<'_, str>,
+        found: &[(Range<usize>, Detector)],
+        fired: &mut Vec<&'static str>,
+    ) {
+        if found.is_empty() {
+            return;
+        }
+        let mut masked = String::with_capacity(out.len() + 16);
+        let mut last = 0;
+        for (range, detector) in found {
+            masked.push_str(&out[last..range.start]);
+            masked.push_str(&apply(self.strategy, &out[range.clone()], detector.name()));
+            last = range.end;
+            if !fired.contains(&detector.name()) {
+                fired.push(detector.name());
+            }
+        }
+        masked.push_str(&out[last..]);
+        *out = Cow::Owned(masked);
     }
 }
 
