@@ -370,20 +370,20 @@ impl Profile {
             return (out, fired);
         }
         let facts = Facts::of(text.as_bytes());
-        let allowed =
-            |detector: Detector, text: &str| !gated || facts.allow(detector, text.as_bytes());
+        // The facts are the unmasked value's: masking only takes away what detectors need.
+        let allowed = |detector: Detector| !gated || facts.allow(detector, text.as_bytes());
         let mut numbers = numbers::Wanted::default();
         for &detector in &self.detectors {
             match detector {
-                Detector::Card => numbers.card = allowed(detector, text),
-                Detector::Ssn => numbers.ssn = allowed(detector, text),
-                Detector::Phone => numbers.phone = allowed(detector, text),
-                Detector::Email if allowed(detector, &out) => {
+                Detector::Card => numbers.card = allowed(detector),
+                Detector::Ssn => numbers.ssn = allowed(detector),
+                Detector::Phone => numbers.phone = allowed(detector),
+                Detector::Email if allowed(detector) => {
                     let mut found = Vec::new();
                     email::find(out.as_bytes(), |r| found.push((r, detector)));
                     self.replace(&mut out, &found, &mut fired);
                 }
-                _ if allowed(detector, &out) => {
+                _ if allowed(detector) => {
                     let Some(re) = detector.regex() else { continue };
                     // Only matches that pass the detector's own check (checksums) are
                     // masked; a value without one is left as it is, uncopied.

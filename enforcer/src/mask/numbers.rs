@@ -178,9 +178,9 @@ impl Number {
         self.groups[self.count - 1].end
     }
 
-    /// Reports the numbers wanted in these groups: from the first group on, the kind that
-    /// fits the most groups (cards before SSNs before phone numbers), then on from the
-    /// group after it; a group in none is passed over.
+    /// Reports the numbers wanted in these groups: from the first group on, the first kind
+    /// that fits (cards, then SSNs, then phone numbers; how many groups each takes is
+    /// [`Number::fit`]'s), then on from the group after it; a group in none is passed over.
     fn split(&self, text: &[u8], wanted: Wanted, each: &mut impl FnMut(Range<usize>, Kind)) {
         let mut a = 0;
         // A phone number starts where the number does or where the last one found ended,
