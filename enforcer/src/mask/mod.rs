@@ -147,6 +147,9 @@ fn starts_with_a_date(text: &[u8]) -> bool {
 /// hashes, timestamps) then cost a table lookup per byte.
 struct Facts {
     digits: usize,
+    /// Whether some digit follows no letter, digit or `_`: card, SSN and phone numbers must
+    /// start at one, and hex ids, hashes and tokens have none most of the time.
+    number_start: bool,
     seen: u32,
 }
 
@@ -154,6 +157,8 @@ const AT: u32 = 1;
 const DASH: u32 = 1 << 1;
 const UNDERSCORE: u32 = 1 << 2;
 const UPPER: u32 = 1 << 3;
+/// Letters, digits and `_`: what a number must not touch.
+const WORD: u32 = 1 << 31;
 /// One bit per letter some detector's literal needs, from bit 4 on.
 const LETTERS: &[u8] = b"skghlxoeyAKIJBEGN";
 
@@ -202,6 +207,11 @@ static CLASS: [u32; 256] = {
                 b'_' => UNDERSCORE,
                 b'A'..=b'Z' => UPPER,
                 _ => 0,
+            }
+            | if b.is_ascii_alphanumeric() || b == b'_' {
+                WORD
+            } else {
+                0
             };
         c += 1;
     }
@@ -212,13 +222,23 @@ impl Facts {
     fn of(text: &[u8]) -> Facts {
         // No branch per byte: values mix letters and digits, and a branch on each would
         // be mispredicted at every change.
-        let (seen, digits) = text.iter().fold((0, 0), |(seen, digits), &b| {
-            (
-                seen | CLASS[usize::from(b)],
-                digits + usize::from(b.wrapping_sub(b'0') < 10),
-            )
-        });
-        Facts { digits, seen }
+        let (seen, digits, starts, _) =
+            text.iter()
+                .fold((0, 0, 0, 0), |(seen, digits, starts, previous), &b| {
+                    let class = CLASS[usize::from(b)];
+                    let digit = u32::from(b.wrapping_sub(b'0') < 10);
+                    (
+                        seen | class,
+                        digits + digit as usize,
+                        starts | (digit & !previous),
+                        class >> 31,
+                    )
+                });
+        Facts {
+            digits,
+            number_start: starts != 0,
+            seen: seen & !WORD,
+        }
     }
 
     fn has(&self, bits: u32) -> bool {
@@ -229,8 +249,8 @@ impl Facts {
     fn allow(&self, detector: Detector, text: &[u8]) -> bool {
         match detector {
             Detector::Email => self.has(AT),
-            Detector::Card => self.digits >= 13,
-            Detector::Ssn | Detector::Phone => self.digits >= 9,
+            Detector::Card => self.number_start && self.digits >= 13,
+            Detector::Ssn | Detector::Phone => self.number_start && self.digits >= 9,
             Detector::Iban => self.digits >= 2 && self.has(UPPER) && iban_start(text),
             Detector::ApiKey => API_KEYS.iter().any(|&bits| self.has(bits)),
             Detector::PrivateKey => self.has(PRIVATE_KEY),
@@ -440,6 +460,21 @@ impl Profile {
 fn apply(strategy: Strategy, value: &str, what: &str) -> String {
     match strategy {
         Strategy::Redact => format!("[{what} redacted]"),
+        Strategy::Partial if value.is_ascii() => {
+            // Most masked values (emails, card numbers) are ASCII: one byte, one char.
+            let hidden = value.len() - if value.len() > 8 { 4 } else { 0 };
+            value
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| {
+                    if i < hidden && b.is_ascii_alphanumeric() {
+                        '*'
+                    } else {
+                        char::from(b)
+                    }
+                })
+                .collect::<String>()
+        }
         Strategy::Partial => {
             // Runs once per masked value of every row: one pass, one allocation.
             let count = value.chars().count();
