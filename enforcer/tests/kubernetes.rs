@@ -469,6 +469,18 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     );
     assert_eq!(code, "403", "{body}");
     assert!(body.contains("redaction placeholder"), "{body}");
+    // The same for a ConfigMap whose keys the profile masks (`get -o yaml | replace -f -`).
+    let (code, body) = write(
+        "PUT",
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"app-config"},"data":{"db_password":"[redacted by enforcer]"}}"#,
+        &format!(
+            "{}/app-config",
+            secrets_url.replace("/secrets", "/configmaps")
+        ),
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("redaction placeholder"), "{body}");
     let writes: Vec<_> = api.seen()[writes_before..]
         .iter()
         .map(|s| s.method.clone())

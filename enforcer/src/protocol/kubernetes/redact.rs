@@ -67,8 +67,10 @@ fn replace_all(
 ) {
     if let Some(Value::Object(values)) = map.get_mut(field) {
         for v in values.values_mut() {
-            *v = Value::String(with.to_owned());
-            count.secret_values += 1;
+            if v.as_str() != Some(with) {
+                *v = Value::String(with.to_owned());
+                count.secret_values += 1;
+            }
         }
     }
 }
@@ -145,6 +147,14 @@ fn walk(value: &mut Value, profile: &Profile, count: &mut Redacted, implied: Opt
                 match serde_json::from_str::<Value>(applied) {
                     Ok(mut inner) => {
                         let before = count.total();
+                        // A Secret's annotation is a copy of that Secret, whatever kind it
+                        // claims to be (or none).
+                        if kind.as_deref() == Some("Secret")
+                            && let Value::Object(copy) = &mut inner
+                        {
+                            replace_all(copy, "data", REDACTED_B64, count);
+                            replace_all(copy, "stringData", REDACTED, count);
+                        }
                         walk(&mut inner, profile, count, kind.as_deref());
                         if count.total() > before {
                             *applied = inner.to_string();
@@ -280,6 +290,20 @@ mod tests {
             1
         );
         assert!(!partial.to_string().contains("c2VjcmV0"), "{partial}");
+        // A Secret whose annotation claims another kind, or none, and has no metadata.
+        for claim in [json!("ConfigMap"), Value::Null] {
+            let applied =
+                json!({"kind": claim, "data": {"k": "c2VjcmV0"}, "stringData": {"s": "hunter2"}})
+                    .to_string();
+            let mut secret = json!({"kind": "Secret", "apiVersion": "v1",
+                "metadata": {"name": "a", "annotations": {LAST_APPLIED: applied}}});
+            assert_eq!(redact(&mut secret, &Profile::default()), 2, "{claim}");
+            let shown = secret.to_string();
+            assert!(
+                !shown.contains("c2VjcmV0") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+        }
         // A watch event's object, kind left out.
         let mut event =
             json!({"type": "ADDED", "object": {"metadata": {"name": "a"}, "data": {"k": "eA=="}}});

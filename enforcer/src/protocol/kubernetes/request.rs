@@ -239,12 +239,13 @@ impl ApiRequest {
     /// (their values are credentials), identities, tokens or RBAC is `admin`, as is any path
     /// outside the API that does not just describe the server.
     pub fn access(&self) -> Access {
-        let (resource, subresource) = match &self.kind {
+        let (group, resource, subresource) = match &self.kind {
             Kind::Resource {
+                group,
                 resource,
                 subresource,
                 ..
-            } => (resource, subresource),
+            } => (group, resource, subresource),
             // Discovery, version and health only describe the server. Anything else outside
             // the API (`/logs` serves the server's own logs, audit logs with Secret bodies
             // among them; `/debug/pprof`) is read with the injected credential's power.
@@ -270,15 +271,22 @@ impl ApiRequest {
         if resource == "secrets" {
             return Access::Admin;
         }
-        if reading || (self.verb == "create" && is_review(resource)) {
-            Access::Read
-        } else {
-            Access::Write
+        if self.verb == "create" && is_review(resource) {
+            // `kubectl auth can-i` (a SelfSubjectAccessReview) is answered by enforcer from
+            // its own policy. Every other review would be answered by the cluster about the
+            // injected credential: its rules (`can-i --list`), its identity (`auth whoami`),
+            // whether some token is valid. That is an oracle on the real credential.
+            return if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews" {
+                Access::Read
+            } else {
+                Access::Admin
+            };
         }
+        if reading { Access::Read } else { Access::Write }
     }
 }
 
-/// Access reviews are POSTs that only ask a question (`kubectl auth can-i`).
+/// Reviews are POSTs that only ask a question.
 fn is_review(resource: &str) -> bool {
     matches!(
         resource,
@@ -594,6 +602,17 @@ mod tests {
             assert_eq!(access("GET", beyond), Access::Admin, "{beyond}");
         }
         assert_eq!(access("POST", "/version"), Access::Admin);
+        for oracle in [
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            "/apis/authorization.k8s.io/v1/namespaces/d/localsubjectaccessreviews",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            // a look-alike in another group is not answered locally either
+            "/apis/example.com/v1/selfsubjectaccessreviews",
+        ] {
+            assert_eq!(access("POST", oracle), Access::Admin, "{oracle}");
+        }
         for secret_write in [
             ("PATCH", "/api/v1/namespaces/d/secrets/x"),
             ("POST", "/api/v1/namespaces/d/secrets"),

@@ -427,7 +427,7 @@ impl Session<'_> {
             let refusal = "enforcer: only exec, attach and portforward may switch protocols; ask for this over plain HTTP".to_owned();
             return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
         }
-        let req = match read_secret_write(&request, req).await {
+        let req = match read_guarded_write(&request, req, &self.resource.masking).await {
             Ok(req) => req,
             Err(refusal) => {
                 return Ok(self.refuse(ctx, &request, &action, &text, refusal).await);
@@ -443,6 +443,11 @@ impl Session<'_> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "kubernetes request not decided");
+                // Recorded when the recorder still can: a request refused for a reason the
+                // audit trail does not show would be a gap in it.
+                let why = format!("not decided: {e}");
+                self.record_refusal(ctx, Some(&request), &action, &text, &why)
+                    .await;
                 return Ok(failure(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
@@ -897,9 +902,17 @@ impl Session<'_> {
             .headers_mut()
             .ok_or_else(|| K8sError::Http("request builder".into()))?;
         for (name, value) in &parts.headers {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
-                headers.append(name, value.clone());
+            let name_text = name.as_str();
+            if NOT_FORWARDED.contains(&name_text) || name_text.starts_with("x-remote-") {
+                continue;
             }
+            if name == header::SEC_WEBSOCKET_PROTOCOL {
+                if let Some(kept) = stream_protocols(value) {
+                    headers.append(name, kept);
+                }
+                continue;
+            }
+            headers.append(name, value.clone());
         }
         headers.insert(header::HOST, authority.clone());
         if let Some(bearer) = &self.bearer {
@@ -1302,6 +1315,31 @@ fn context(request: &ApiRequest, grant: &str) -> serde_json::Value {
     })
 }
 
+/// The WebSocket subprotocols offered that name a stream protocol (`v5.channel.k8s.io`,
+/// `base64.channel.k8s.io`, `v2.portforward.k8s.io`…), without the rest. The API server also
+/// reads a bearer token offered as `base64url.bearer.authorization.k8s.io.<token>`: the
+/// agent's own credential must never reach it that way. `None` when nothing is left.
+fn stream_protocols(offered: &HeaderValue) -> Option<HeaderValue> {
+    let text = offered.to_str().ok()?;
+    let kept: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                && (*p == "channel.k8s.io"
+                    || p.ends_with(".channel.k8s.io")
+                    || *p == "portforward.k8s.io"
+                    || p.ends_with(".portforward.k8s.io"))
+                && !p.to_ascii_lowercase().contains("bearer")
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
 fn is_review(request: &ApiRequest) -> bool {
     request.verb == "create"
         && matches!(&request.kind, Kind::Resource { group, resource, .. }
@@ -1315,23 +1353,36 @@ const MAX_SECRET_WRITE: usize = 3 << 20;
 /// when it carries enforcer's placeholder (it would overwrite the real values with it) or,
 /// as a JSON patch, copies, moves or tests a value: the answer, or the server's error about
 /// where the value went, would show it where no redaction looks.
-async fn read_secret_write(
+/// Other writes to what enforcer redacts (ConfigMaps and pod specs under the profile's
+/// `keys`) are checked for the placeholder too: `get -o yaml | kubectl replace -f -` would
+/// overwrite real values with it.
+async fn read_guarded_write(
     request: &ApiRequest,
     req: Request<Incoming>,
+    profile: &crate::mask::Profile,
 ) -> Result<Request<Body>, String> {
-    let secret_write = matches!(&request.kind, Kind::Resource { resource, .. } if resource == "secrets")
-        && matches!(request.verb.as_str(), "create" | "update" | "patch");
-    if !secret_write {
+    let secret = matches!(&request.kind, Kind::Resource { resource, .. } if resource == "secrets");
+    let guarded = matches!(request.verb.as_str(), "create" | "update" | "patch")
+        && (secret || needs_redaction(request, profile));
+    if !guarded {
         return Ok(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
     }
     let (parts, body) = req.into_parts();
     let bytes = http_body_util::Limited::new(body, MAX_SECRET_WRITE)
         .collect()
         .await
-        .map_err(|e| format!("enforcer: the Secret's body could not be read whole: {e}"))?
+        .map_err(|e| format!("enforcer: the write's body could not be read whole: {e}"))?
         .to_bytes();
     if redact::carries_placeholder(&bytes) {
-        return Err("enforcer: this write carries enforcer's redaction placeholder, which would replace the Secret's real values; send the values themselves".into());
+        return Err("enforcer: this write carries enforcer's redaction placeholder, which would replace the object's real values; send the values themselves".into());
+    }
+    if !secret {
+        return Ok(Request::from_parts(
+            parts,
+            Full::new(bytes)
+                .map_err(|e: Infallible| -> BoxError { match e {} })
+                .boxed(),
+        ));
     }
     let json_patch = parts
         .headers
@@ -1588,6 +1639,35 @@ impl hyper::body::Body for ChannelBody {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_stream_subprotocols_go_upstream() {
+        let offered =
+            |v: &str| super::stream_protocols(&HeaderValue::from_str(v).expect("a header value"));
+        assert_eq!(
+            offered("v5.channel.k8s.io, v4.channel.k8s.io,base64.channel.k8s.io"),
+            Some(HeaderValue::from_static(
+                "v5.channel.k8s.io, v4.channel.k8s.io, base64.channel.k8s.io"
+            ))
+        );
+        assert_eq!(
+            offered("base64url.bearer.authorization.k8s.io.c3RhbGU, v5.channel.k8s.io"),
+            Some(HeaderValue::from_static("v5.channel.k8s.io"))
+        );
+        assert_eq!(
+            offered("base64url.bearer.authorization.k8s.io.c3RhbGU.channel.k8s.io"),
+            None
+        );
+        assert_eq!(
+            offered("base64url.bearer.authorization.k8s.io.c3RhbGU"),
+            None
+        );
+        assert_eq!(
+            offered("v2.portforward.k8s.io"),
+            Some(HeaderValue::from_static("v2.portforward.k8s.io"))
+        );
+        assert_eq!(offered("chat, x_y.channel.k8s.io"), None);
+    }
+
     use super::*;
 
     #[test]
