@@ -853,6 +853,26 @@ fn kubectl_requests_are_decided_redacted_and_sent_with_the_injected_token() {
     };
     let events = audit_events_with(&env.state.join("audit.jsonl"), answered);
     assert!(events.iter().any(answered), "{events:#?}");
+    // Each end names its request by connection and number, and that request's decision is
+    // the one record with that pair: HTTP/2's interleaved requests are told apart.
+    let pair = |e: &serde_json::Value| (e["connection"].as_u64(), e["request"].as_u64());
+    for done in events.iter().filter(|e| e["kind"] == "statement_done") {
+        let (connection, request) = pair(done);
+        assert!(connection.is_some() && request.is_some(), "{done}");
+        let decisions = events
+            .iter()
+            .filter(|e| e["kind"] == "statement" && pair(e) == (connection, request))
+            .count();
+        assert_eq!(decisions, 1, "{done} in {events:#?}");
+    }
+    assert!(
+        events.iter().any(|e| e["kind"] == "statement_done"
+            && e["request"] == 2
+            && events.iter().any(|o| o["kind"] == "statement_done"
+                && o["request"] == 1
+                && o["connection"] == e["connection"])),
+        "two requests ended on one connection (HTTP/2): {events:#?}"
+    );
 
     // SREs see the same decisions by verb, and the redactions by what they redacted.
     let (_, metrics) = http_get(admin, "/metrics");

@@ -119,6 +119,10 @@ pub struct StatementDecided {
     /// What a Kubernetes API request names, as the API server reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<ApiObject>,
+    /// The request's number on its connection (HTTP): an HTTP/2 connection carries many
+    /// at once, and this is what ties a request's end to its decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u64>,
 }
 
 /// The object of a Kubernetes API request: `""` where the request names none (the core
@@ -147,6 +151,9 @@ pub struct StatementDone {
     pub duration_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The request's number on its connection, as in its decision (HTTP resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u64>,
     /// Bytes of the answer's body sent to the client (HTTP resources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
@@ -295,6 +302,9 @@ impl Event {
                     .opt("grant", e.grant.as_deref())
                     .opt("approval", e.approval.as_deref())
                     .opt("reason", e.reason.as_deref());
+                if let Some(n) = e.request {
+                    line.num("request", n);
+                }
                 if let Some(o) = &e.object {
                     line.str("group", &o.group)
                         .str("api_resource", &o.resource)
@@ -313,6 +323,9 @@ impl Event {
                     .num("duration_us", e.duration_us)
                     .num("bytes", e.bytes.unwrap_or(0))
                     .opt("error", e.error.as_deref());
+                if let Some(n) = e.request {
+                    line.num("request", n);
+                }
             }
             Event::Grant(e) => {
                 line.str("event", "grant")

@@ -107,6 +107,7 @@ pub async fn run(
         idle: Arc::new(std::sync::Mutex::new(Vec::new())),
         bearer,
         streams: std::sync::Mutex::new(Vec::new()),
+        requests: std::sync::atomic::AtomicU64::new(0),
     };
     if h2 {
         return serve_h2(&session, tls)
@@ -292,6 +293,8 @@ type Answer<'s> =
 type StreamFuture<'a> = Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 struct Session<'a> {
+    /// Requests begun on this connection: each is numbered in its records.
+    requests: std::sync::atomic::AtomicU64,
     ctx: &'a HandlerContext<'a>,
     conn: &'a Connection,
     resource: &'a Resource,
@@ -349,6 +352,13 @@ fn action(request: &ApiRequest) -> String {
 
 impl Session<'_> {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let number = 1 + self
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        REQUEST.scope(number, self.handle_request(req)).await
+    }
+
+    async fn handle_request(&self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let method = req.method().as_str().to_owned();
         let target = req
@@ -993,13 +1003,15 @@ impl Session<'_> {
             }
         }
         let (ctx, conn, resource) = (self.ctx, self.conn, self.resource);
+        // The relay runs after the exchange that opened it: its end is prepared now.
+        let ending = Ending::new(ctx, conn, resource, started);
         let relay = async move {
             let _driver = driver;
             let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
                 Ok(both) => both,
                 Err(e) => {
                     let error = Some(format!("the stream did not open: {e}"));
-                    finished(ctx, conn, resource, "HTTP 101".into(), started, error).await;
+                    ending.record("HTTP 101".into(), None, error);
                     return;
                 }
             };
@@ -1015,7 +1027,7 @@ impl Session<'_> {
                 "HTTP 101 {}: {} bytes to the container, {} from it",
                 record.subprotocol, summary.to_container, summary.from_container
             );
-            finished(ctx, conn, resource, tag, started, summary.error).await;
+            ending.record(tag, None, summary.error);
         };
         lock(&self.streams).push(Box::pin(relay));
         switch
@@ -1109,34 +1121,31 @@ impl Session<'_> {
                 approval,
                 reason,
                 object: request.and_then(api_object),
+                request: this_request(),
             }))
             .await
             .map_err(|_| K8sError::Recorder)
     }
 
     async fn done(&self, code: u16, started: Instant, error: Option<String>) {
-        finished(
-            self.ctx,
-            self.conn,
-            self.resource,
+        // Records how an allowed request ended.
+        Ending::new(self.ctx, self.conn, self.resource, started).record(
             format!("HTTP {code}"),
-            started,
+            None,
             error,
-        )
-        .await;
+        );
     }
 }
 
-/// Records how an allowed request ended (for a stream: when it closed).
-async fn finished(
-    ctx: &HandlerContext<'_>,
-    conn: &Connection,
-    resource: &Resource,
-    tag: String,
-    started: Instant,
-    error: Option<String>,
-) {
-    Ending::new(ctx, conn, resource, started).record(tag, None, error);
+tokio::task_local! {
+    /// The number of the request being handled, on its connection. A task-local, because
+    /// an HTTP/2 connection's requests run interleaved on one task and every record made
+    /// while one is handled must name it.
+    static REQUEST: u64;
+}
+
+fn this_request() -> Option<u64> {
+    REQUEST.try_with(|n| *n).ok()
 }
 
 /// What the record of an allowed request's end needs, owned, so that the answer's body can
@@ -1145,6 +1154,7 @@ struct Ending {
     recorder: crate::record::Recorder,
     metrics: Arc<crate::metrics::Metrics>,
     connection: u64,
+    request: Option<u64>,
     resource: String,
     started: Instant,
 }
@@ -1160,6 +1170,8 @@ impl Ending {
             recorder: ctx.recorder.clone(),
             metrics: Arc::clone(ctx.metrics),
             connection: conn.id,
+            // Made while the request is handled; recorded later, where its body ends.
+            request: this_request(),
             resource: resource.name.clone(),
             started,
         }
@@ -1184,6 +1196,7 @@ impl Ending {
                 duration_us: duration.as_micros() as u64,
                 error,
                 bytes,
+                request: self.request,
             }));
     }
 }

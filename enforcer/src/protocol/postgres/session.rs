@@ -1122,6 +1122,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
             approval: None,
             reason: None,
             object: None,
+            request: None,
         }
     }
 
@@ -1269,6 +1270,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     duration_us: now.duration_since(since).as_micros() as u64,
                     error,
                     bytes: None,
+                    request: None,
                 })
             }
             b'Z' => {
