@@ -239,13 +239,12 @@ impl ApiRequest {
     /// (their values are credentials), identities, tokens or RBAC is `admin`, as is any path
     /// outside the API that does not just describe the server.
     pub fn access(&self) -> Access {
-        let (group, resource, subresource) = match &self.kind {
+        let (resource, subresource) = match &self.kind {
             Kind::Resource {
-                group,
                 resource,
                 subresource,
                 ..
-            } => (group, resource, subresource),
+            } => (resource, subresource),
             // Discovery, version and health only describe the server. Anything else outside
             // the API (`/logs` serves the server's own logs, audit logs with Secret bodies
             // among them; `/debug/pprof`) is read with the injected credential's power.
@@ -276,13 +275,22 @@ impl ApiRequest {
             // its own policy. Every other review would be answered by the cluster about the
             // injected credential: its rules (`can-i --list`), its identity (`auth whoami`),
             // whether some token is valid. That is an oracle on the real credential.
-            return if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews" {
+            return if self.is_can_i() {
                 Access::Read
             } else {
                 Access::Admin
             };
         }
         if reading { Access::Read } else { Access::Write }
+    }
+}
+
+impl ApiRequest {
+    /// `kubectl auth can-i`: a SelfSubjectAccessReview, which enforcer answers itself.
+    pub fn is_can_i(&self) -> bool {
+        self.verb == "create"
+            && matches!(&self.kind, Kind::Resource { group, resource, .. }
+                if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews")
     }
 }
 

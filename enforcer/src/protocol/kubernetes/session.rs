@@ -409,7 +409,7 @@ impl Session<'_> {
             }
             None => self.ctx,
         };
-        if is_review(&request) {
+        if request.is_can_i() {
             return Ok(self.review(ctx, req, &text).await);
         }
         // The API server would act as whoever these name, with the injected credential's
@@ -473,7 +473,7 @@ impl Session<'_> {
         let response = match self.forward(req, redacting).await {
             Ok(r) => r,
             Err(e) => {
-                self.done(502, started, Some(e.to_string())).await;
+                self.done(502, started, Some(e.to_string()));
                 return Ok(failure(
                     StatusCode::BAD_GATEWAY,
                     "ServiceUnavailable",
@@ -495,7 +495,7 @@ impl Session<'_> {
             ) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.done(502, started, Some(e.clone())).await;
+                    self.done(502, started, Some(e.clone()));
                     return Ok(failure(
                         StatusCode::BAD_GATEWAY,
                         "InternalError",
@@ -516,7 +516,7 @@ impl Session<'_> {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    self.done(502, started, Some(e.clone())).await;
+                    self.done(502, started, Some(e.clone()));
                     return Ok(failure(
                         StatusCode::BAD_GATEWAY,
                         "InternalError",
@@ -962,7 +962,7 @@ impl Session<'_> {
         let (mut response, driver) = match self.send_upgrade(req).await {
             Ok(r) => r,
             Err(e) => {
-                self.done(502, started, Some(e.to_string())).await;
+                self.done(502, started, Some(e.to_string()));
                 return failure(
                     StatusCode::BAD_GATEWAY,
                     "ServiceUnavailable",
@@ -1127,8 +1127,8 @@ impl Session<'_> {
             .map_err(|_| K8sError::Recorder)
     }
 
-    async fn done(&self, code: u16, started: Instant, error: Option<String>) {
-        // Records how an allowed request ended.
+    /// Records how an allowed request ended.
+    fn done(&self, code: u16, started: Instant, error: Option<String>) {
         Ending::new(self.ctx, self.conn, self.resource, started).record(
             format!("HTTP {code}"),
             None,
@@ -1351,12 +1351,6 @@ fn stream_protocols(offered: &HeaderValue) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&kept.join(", ")).ok()
-}
-
-fn is_review(request: &ApiRequest) -> bool {
-    request.verb == "create"
-        && matches!(&request.kind, Kind::Resource { group, resource, .. }
-            if group == "authorization.k8s.io" && resource == "selfsubjectaccessreviews")
 }
 
 /// The most of a Secret write's body enforcer reads (the API server's own limit is 3 MiB).
