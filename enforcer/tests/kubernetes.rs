@@ -62,16 +62,23 @@ struct Cluster {
     config: std::path::PathBuf,
     cache: std::path::PathBuf,
     env: Env,
+    /// The resource's name in the policy.
+    name: &'static str,
 }
 
 impl Cluster {
     fn start(cedar: &str) -> Cluster {
-        Cluster::start_with(cedar, false)
+        Cluster::start_with(cedar, false, "cluster", "masking: {keys: [\"*password*\"]}")
     }
 
     /// `client_certificate`: enforcer authenticates with the double's client certificate
-    /// instead of a bearer token.
-    fn start_with(cedar: &str, client_certificate: bool) -> Cluster {
+    /// instead of a bearer token. `name` is the resource's, `masking` its profile (YAML).
+    fn start_with(
+        cedar: &str,
+        client_certificate: bool,
+        name: &'static str,
+        masking: &str,
+    ) -> Cluster {
         let env = Env::new();
         let api = kube::ApiServer::start();
         let gateway = free_port();
@@ -91,7 +98,7 @@ impl Cluster {
         std::fs::write(
             policy.join("cluster.yaml"),
             format!(
-                "resources:\n  - name: cluster\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {}\n    upstream_tls: {{ca: {}}}\n    masking: {{keys: [\"*password*\"]}}\n    gateway: \"127.0.0.1:{}\"\n",
+                "resources:\n  - name: {name}\n    protocol: kubernetes\n    addresses: [\"127.0.0.1:{}\"]\n    credential: {}\n    upstream_tls: {{ca: {}}}\n    {masking}\n    gateway: \"127.0.0.1:{}\"\n",
                 api.port,
                 credential,
                 api.ca.display(),
@@ -109,7 +116,7 @@ impl Cluster {
         let kubeconfig = output_within(
             {
                 let mut c = std::process::Command::new(ENFORCER);
-                c.args(["kubeconfig", "--resource", "cluster", "--policy"])
+                c.args(["kubeconfig", "--resource", name, "--policy"])
                     .arg(&policy)
                     .arg("--state")
                     .arg(&env.state);
@@ -141,6 +148,7 @@ impl Cluster {
             config,
             cache,
             env,
+            name,
         }
     }
 
@@ -161,32 +169,35 @@ impl Cluster {
 
     /// A grant for this workload, as `enforcer grant request --json` prints it.
     fn grant(&self, access: &str, uses: &str, reason: &str) -> serde_json::Value {
-        let state = self.env.state.display().to_string();
-        let granted = output_within(
-            self.cg.command(
-                ENFORCER,
-                &[
-                    "grant",
-                    "request",
-                    "--resource",
-                    "cluster",
-                    "--access",
-                    access,
-                    "--uses",
-                    uses,
-                    "--reason",
-                    reason,
-                    "--json",
-                    "--admin",
-                    &self.admin,
-                    "--state",
-                    &state,
-                ],
-            ),
-            T,
-        );
+        let granted = output_within(self.grant_request(access, uses, reason), T);
         assert!(granted.status.success(), "{}", describe(&granted));
         serde_json::from_slice(&granted.stdout).expect("json")
+    }
+
+    /// `enforcer grant request --json --wait` in the workload's cgroup, not yet run.
+    fn grant_request(&self, access: &str, uses: &str, reason: &str) -> std::process::Command {
+        let state = self.env.state.display().to_string();
+        self.cg.command(
+            ENFORCER,
+            &[
+                "grant",
+                "request",
+                "--resource",
+                self.name,
+                "--access",
+                access,
+                "--uses",
+                uses,
+                "--reason",
+                reason,
+                "--json",
+                "--wait",
+                "--admin",
+                &self.admin,
+                "--state",
+                &state,
+            ],
+        )
     }
 }
 
@@ -1105,7 +1116,14 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
     );
 
     // With a grant of four uses: kubectl's streams over WebSocket, stdin in and stdout back.
-    let granted = cluster.grant("exec", "4", "debug the web pod");
+    let attach = cluster.kubectl(&["attach", "web-0", "-n", "default"], &[]);
+    assert!(!attach.status.success());
+    assert!(
+        stderr(&attach).contains("pods \"web-0\" is forbidden (subresource attach): enforcer: k8s:create (exec) on cluster denied"),
+        "{}",
+        describe(&attach)
+    );
+    let granted = cluster.grant("exec", "5", "debug the web pod");
     // SPDY, forced, is refused (its streams are not read, so not recorded); no use is taken.
     let spdy = exec(&["--", "env"], &["KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"]);
     assert!(!spdy.status.success());
@@ -1136,6 +1154,14 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
     let ran = exec(&["--", "env"], &[]);
     assert!(ran.status.success(), "{}", describe(&ran));
     assert_eq!(stdout(&ran), "ran: env\n");
+    let attached = cluster.kubectl(&["attach", "web-0", "-n", "default"], &[]);
+    assert!(attached.status.success(), "{}", describe(&attached));
+    assert_eq!(
+        stdout(&attached),
+        "attached to web\n",
+        "{}",
+        describe(&attached)
+    );
 
     // The kube crate: exec with stdin, and a port-forward carrying bytes both ways.
     let client = std::path::Path::new(ENFORCER)
@@ -1160,7 +1186,7 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
     assert_eq!(steps[0]["status"], "Success", "{steps:?}");
     assert_eq!(steps[1]["echo"], "ping", "{steps:?}");
 
-    // The grant's four uses are spent: the next stream is refused.
+    // The grant's five uses are spent: the next stream is refused.
     let spent = exec(&["--", "env"], &[]);
     assert!(!spent.status.success());
     assert!(
@@ -1171,9 +1197,11 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
     let seen = cluster.api.seen();
     assert_eq!(
         seen.iter()
-            .filter(|s| s.path.ends_with("/exec") || s.path.ends_with("/portforward"))
+            .filter(|s| s.path.ends_with("/exec")
+                || s.path.ends_with("/portforward")
+                || s.path.ends_with("/attach"))
             .count(),
-        4,
+        5,
         "{seen:?}"
     );
     assert!(
@@ -1213,7 +1241,8 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
                 && e["grant"] == granted["id"]
         })
         .count();
-    assert_eq!(allowed, 4, "{events:#?}");
+    assert_eq!(allowed, 5, "{events:#?}");
+    assert!(frame("from_container", "stdout", "attached to web\n").is_some());
     let connection = stdin["connection"].as_u64().expect("connection");
     assert!(
         events.iter().any(|e| e["kind"] == "statement_done"
@@ -1242,7 +1271,7 @@ fn exec_and_port_forward_streams_are_relayed_with_a_grant_and_recorded() {
 
 #[test]
 fn a_client_certificate_can_be_the_injected_credential() {
-    let cluster = Cluster::start_with(CEDAR, true);
+    let cluster = Cluster::start_with(CEDAR, true, "cluster", "masking: {keys: [\"*password*\"]}");
     let pods = cluster.kubectl(&["get", "pods", "-n", "default"], &[]);
     assert!(pods.status.success(), "{}", describe(&pods));
     assert!(stdout(&pods).contains("web-0"), "{}", describe(&pods));
@@ -1289,5 +1318,311 @@ fn a_client_certificate_can_be_the_injected_credential() {
         cluster.api.seen().len(),
         seen.len(),
         "nothing reached the cluster"
+    );
+}
+
+#[test]
+fn a_watch_held_open_is_redacted_as_it_streams_and_pod_environments_are_masked() {
+    let cluster = Cluster::start(CEDAR);
+    let api = &cluster.api;
+
+    // The profile's keys (`*password*`) mask environment variables wherever a pod spec
+    // sits: a Deployment's template, each pod of a list, one pod.
+    for args in [
+        &["get", "deployment", "web", "-n", "default", "-o", "json"][..],
+        &["get", "pods", "-n", "default", "-o", "yaml"][..],
+        &[
+            "get",
+            "pod",
+            "web-0",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.containers[0].env}",
+        ][..],
+    ] {
+        let out = cluster.kubectl(args, &[]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = stdout(&out);
+        assert!(!text.contains(kube::POD_PASSWORD), "{args:?}: {text}");
+        assert!(
+            text.contains("DB_PASSWORD") && text.contains("[redacted by enforcer]"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            text.contains("debug"),
+            "LOG_LEVEL is not a key the profile names: {text}"
+        );
+    }
+
+    // A watch that the cluster holds open: the change kubectl prints arrives redacted
+    // while the stream is still open, not when it ends.
+    let mut watch = cluster.cg.command(
+        "/usr/bin/kubectl",
+        &[
+            "--kubeconfig",
+            cluster.config.to_str().expect("utf-8"),
+            "--cache-dir",
+            cluster.cache.to_str().expect("utf-8"),
+            "get",
+            "secrets",
+            "-n",
+            "default",
+            "-l",
+            "hold=open",
+            "-w",
+            "-o",
+            "yaml",
+        ],
+    );
+    watch
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = Guard(watch.spawn().expect("kubectl"));
+    let out = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + T;
+    while !text.contains("resourceVersion: \"9\"") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            Err(_) => panic!("the watched change did not arrive: {text}"),
+        }
+    }
+    assert_eq!(
+        api.open_watches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the cluster still serves the watch"
+    );
+    let event = text
+        .rsplit("\n---\n")
+        .next()
+        .expect("the last object kubectl printed");
+    assert!(event.contains("resourceVersion: \"9\""), "{text}");
+    assert!(
+        event.contains("password: W3JlZGFjdGVkIGJ5IGVuZm9yY2VyXQ=="),
+        "{text}"
+    );
+    assert!(!text.contains(kube::SECRET_VALUE), "{text}");
+    assert!(!text.contains("c3VwZXIt"), "{text}");
+    // The agent leaves: enforcer ends the watch upstream too, not at the cluster's next
+    // event (there is none coming).
+    drop(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.open_watches.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch upstream outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // HEAD asks for no body: nothing to redact, answered as the cluster answers it.
+    let ca = cluster.env.state.join("ca.pem");
+    let head = output_within(
+        cluster.cg.command(
+            "curl",
+            &[
+                "-sS",
+                "-I",
+                "--cacert",
+                ca.to_str().expect("utf-8"),
+                &format!(
+                    "https://127.0.0.1:{}/api/v1/namespaces/default/secrets/db-creds",
+                    api.port
+                ),
+            ],
+        ),
+        T,
+    );
+    assert!(head.status.success(), "{}", describe(&head));
+    assert!(
+        stdout(&head).starts_with("HTTP/2 200") || stdout(&head).starts_with("HTTP/1.1 200"),
+        "{}",
+        describe(&head)
+    );
+
+    // An HTTP/2 header list larger than enforcer takes is refused, and nothing forwarded.
+    let before = api.seen().len();
+    let filler = format!("X-Filler: {}", "a".repeat(100_000));
+    let big = output_within(
+        cluster.cg.command(
+            "curl",
+            &[
+                "-sv",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                "--cacert",
+                ca.to_str().expect("utf-8"),
+                "-H",
+                &filler,
+                &format!(
+                    "https://127.0.0.1:{}/api/v1/namespaces/default/pods",
+                    api.port
+                ),
+            ],
+        ),
+        T,
+    );
+    // h2 refuses the stream (REFUSED_STREAM; curl tries once more on a new connection and
+    // gives up): the client is told, the connection was not left hanging.
+    assert!(
+        stdout(&big) == "2 431" || stderr(&big).contains("REFUSED_STREAM"),
+        "{}",
+        describe(&big)
+            .lines()
+            .filter(|l| !l.to_ascii_lowercase().contains("x-filler"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        api.seen().len(),
+        before,
+        "the oversized request was not forwarded"
+    );
+}
+
+/// The example policy the project ships for Kubernetes, as an operator would deploy it.
+const SHIPPED: &str = include_str!("../../policies/ci-kubernetes/cluster.cedar");
+
+#[test]
+fn the_shipped_policy_keeps_the_agent_read_only_until_a_person_approves() {
+    let cluster = Cluster::start_with(SHIPPED, false, "prod-cluster", "");
+    let kubectl = |args: &[&str]| cluster.kubectl(args, &[]);
+    let refused = |out: &Output, wanted: &str| {
+        assert!(!out.status.success(), "{}", describe(out));
+        assert!(stderr(out).contains(wanted), "{wanted}: {}", describe(out));
+    };
+
+    // Baseline: ordinary reads.
+    let pods = kubectl(&["get", "pods", "-n", "default"]);
+    assert!(pods.status.success(), "{}", describe(&pods));
+    assert!(stdout(&pods).contains("web-0"), "{}", describe(&pods));
+    // Not at baseline: Secrets, changes, streams into pods, new identities, RBAC.
+    refused(
+        &kubectl(&["get", "secrets", "-n", "default"]),
+        "secrets is forbidden: enforcer: k8s:list (admin) on prod-cluster denied",
+    );
+    refused(
+        &kubectl(&["annotate", "deployment", "web", "-n", "default", "note=x"]),
+        "enforcer grant request --resource prod-cluster --access write",
+    );
+    refused(
+        &kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]),
+        "enforcer grant request --resource prod-cluster --access exec",
+    );
+    refused(
+        &kubectl(&["create", "serviceaccount", "ci-bot", "-n", "default"]),
+        "serviceaccounts is forbidden: enforcer: k8s:create (admin) on prod-cluster denied",
+    );
+    refused(
+        &kubectl(&[
+            "create",
+            "rolebinding",
+            "ci-bot-admin",
+            "--clusterrole=admin",
+            "--serviceaccount=default:ci-bot",
+            "-n",
+            "default",
+        ]),
+        "rolebindings.rbac.authorization.k8s.io is forbidden",
+    );
+
+    // A write grant waits for a person; approved, it lets the agent change a deployment.
+    let mut request = cluster.grant_request("write", "5", "annotate the web deployment");
+    request
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let held = request.spawn().expect("grant request");
+    let approval = pending_approval(&cluster.admin, &cluster.env.state);
+    assert_eq!(approval["kind"], "grant", "{approval}");
+    let id = approval["id"].as_str().expect("id").to_owned();
+    let ok = operator(
+        &cluster.admin,
+        &cluster.env.state,
+        &["approvals", "approve", &id],
+    );
+    assert!(ok.status.success(), "{}", describe(&ok));
+    let granted = held.wait_with_output().expect("grant request");
+    assert!(granted.status.success(), "{}", describe(&granted));
+    let grant: serde_json::Value = serde_json::from_slice(&granted.stdout).expect("json");
+    let annotated = kubectl(&["annotate", "deployment", "web", "-n", "default", "note=x"]);
+    assert!(annotated.status.success(), "{}", describe(&annotated));
+    assert!(
+        stdout(&annotated).contains("deployment.apps/web annotated"),
+        "{}",
+        describe(&annotated)
+    );
+    // The write grant is for deployments: Secrets and streams stay shut.
+    refused(
+        &kubectl(&["get", "secrets", "-n", "default"]),
+        "secrets is forbidden",
+    );
+    refused(
+        &kubectl(&["exec", "web-0", "-n", "default", "--", "ls"]),
+        "is forbidden",
+    );
+    // Wiping a collection is forbidden whatever the grant (the agent's grant token on the
+    // request): the forbid rule names itself.
+    let ca = cluster.env.state.join("ca.pem");
+    let wipe = output_within(
+        cluster.cg.command(
+            "curl",
+            &[
+                "-sS",
+                "-X",
+                "DELETE",
+                "--cacert",
+                ca.to_str().expect("utf-8"),
+                "-H",
+                &format!(
+                    "Authorization: Bearer {}",
+                    grant["token"].as_str().expect("token")
+                ),
+                "-w",
+                "\n%{http_code}",
+                &format!(
+                    "https://127.0.0.1:{}/apis/apps/v1/namespaces/default/deployments",
+                    cluster.api.port
+                ),
+            ],
+        ),
+        T,
+    );
+    let text = stdout(&wipe);
+    assert!(text.ends_with("\n403"), "{}", describe(&wipe));
+    assert!(text.contains("no-deletecollection"), "{text}");
+
+    let seen = cluster.api.seen();
+    let changes: Vec<_> = seen
+        .iter()
+        .filter(|s| s.method != "GET")
+        .map(|s| (s.method.as_str(), s.path.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [("PATCH", "/apis/apps/v1/namespaces/default/deployments/web")],
+        "only the granted change reached the cluster"
+    );
+    assert!(
+        !seen.iter().any(|s| s.path.contains("/secrets")),
+        "{seen:?}"
     );
 }

@@ -1,7 +1,9 @@
 //! A Kubernetes API-server double: real TLS (a CA of its own), real HTTP/1.1, and the API
 //! shapes kubectl reads — aggregated discovery (when asked for, as kubectl 1.32 does) and
 //! legacy discovery, Tables, lists and objects of pods, secrets, configmaps, deployments,
-//! serviceaccounts and rolebindings, watch streams (plain or as Tables), `Status` answers.
+//! serviceaccounts and rolebindings (pod specs with an environment), watch streams (plain or
+//! as Tables, ending after two events or held open), exec/attach/port-forward over
+//! WebSocket, `Status` answers.
 //! It records every request it receives (method, path, query, Accept and Authorization
 //! headers) so tests can check what reached "the cluster".
 
@@ -37,6 +39,9 @@ pub struct ApiServer {
     pub client_certificate: PathBuf,
     pub client_key: PathBuf,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Watches the double is serving now: a watch held open counts until its client (or
+    /// whoever relays it) goes away.
+    pub open_watches: Arc<std::sync::atomic::AtomicUsize>,
     _dir: tempfile::TempDir,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -123,6 +128,8 @@ impl ApiServer {
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
+        let open_watches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let watches = Arc::clone(&open_watches);
         runtime.spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             loop {
@@ -131,6 +138,7 @@ impl ApiServer {
                 };
                 let acceptor = acceptor.clone();
                 let log = Arc::clone(&log);
+                let watches = Arc::clone(&watches);
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -142,7 +150,10 @@ impl ApiServer {
                         .is_some_and(|c| !c.is_empty());
                     let service = hyper::service::service_fn(move |req| {
                         let log = Arc::clone(&log);
-                        async move { Ok::<_, Infallible>(answer(req, &log, sizes, certified)) }
+                        let watches = Arc::clone(&watches);
+                        async move {
+                            Ok::<_, Infallible>(answer(req, &log, &watches, sizes, certified))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -157,6 +168,7 @@ impl ApiServer {
             client_key: dir.path().join("client-key.pem"),
             ca,
             seen,
+            open_watches,
             _dir: dir,
             runtime: Some(runtime),
         }
@@ -188,6 +200,39 @@ fn trickle(text: String, piece: usize) -> Body {
         Some((Ok::<_, Infallible>(Frame::data(next)), rest))
     });
     StreamBody::new(stream).boxed()
+}
+
+/// Counts a watch as open while its body lives (hyper drops the body when the connection
+/// that carries it goes away).
+struct OpenWatch(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenWatch {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> OpenWatch {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenWatch(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A watch that sends `first` and then stays open, as a real one does until something
+/// changes or its timeout: whatever reads the first event has read it from a live stream.
+fn held_open(first: String, open: OpenWatch) -> Body {
+    use futures_util::StreamExt as _;
+    let first =
+        futures_util::stream::once(
+            async move { Ok::<_, Infallible>(Frame::data(Bytes::from(first))) },
+        );
+    // Never ends; `open` lives as long as the body does.
+    let rest = futures_util::stream::poll_fn(move |_| {
+        let _counted = &open;
+        std::task::Poll::<Option<Result<Frame<Bytes>, Infallible>>>::Pending
+    });
+    http_body_util::BodyExt::boxed(StreamBody::new(first.chain(rest)))
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Body> {
@@ -284,8 +329,30 @@ fn secret(name: &str) -> Value {
 fn pod(name: &str) -> Value {
     json!({"kind": "Pod", "apiVersion": "v1",
         "metadata": {"name": name, "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]},
+        "spec": {"containers": [container()]},
         "status": {"phase": "Running"}})
+}
+
+/// The container of every pod and pod template: its environment names a password.
+fn container() -> Value {
+    json!({"name": "web", "image": "registry.example/web:1", "env": [
+        {"name": "DB_PASSWORD", "value": POD_PASSWORD},
+        {"name": "LOG_LEVEL", "value": "debug"},
+    ]})
+}
+
+/// The value of `DB_PASSWORD` in pod specs, which a profile's `keys` mask.
+pub const POD_PASSWORD: &str = "pod-env-hunter2";
+
+fn deployment(name: &str) -> Value {
+    json!({"kind": "Deployment", "apiVersion": "apps/v1",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "7",
+            "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container()]}}},
+        "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2,
+            "updatedReplicas": 2, "observedGeneration": 1}})
 }
 
 /// `objects` as the API server's `Table`: one Name column; each row's object is the
@@ -367,6 +434,7 @@ fn stream_answer(mut req: Request<Incoming>) -> Response<Body> {
     };
     let query = req.uri().query().unwrap_or("").to_owned();
     let port_forward = req.uri().path().ends_with("/portforward");
+    let attach = req.uri().path().ends_with("/attach");
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
@@ -422,6 +490,8 @@ fn stream_answer(mut req: Request<Incoming>) -> Response<Body> {
                     _ => {}
                 }
             }
+        } else if attach {
+            let _ = ws.send(frame(1, b"attached to web\n")).await;
         } else {
             let _ = ws
                 .send(frame(1, format!("ran: {}\n", command.join(" ")).as_bytes()))
@@ -463,6 +533,7 @@ fn stream_answer(mut req: Request<Incoming>) -> Response<Body> {
 fn answer(
     req: Request<Incoming>,
     log: &Mutex<Vec<Seen>>,
+    open_watches: &Arc<std::sync::atomic::AtomicUsize>,
     sizes: Sizes,
     certified: bool,
 ) -> Response<Body> {
@@ -570,7 +641,13 @@ fn answer(
         }
     };
     let ok = StatusCode::OK;
-    match (method.as_str(), path.as_str()) {
+    // HEAD is answered as GET is (hyper leaves the body out).
+    let verb = if method == "HEAD" {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    match (verb, path.as_str()) {
         ("GET", "/version") => json_response(
             ok,
             json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}),
@@ -615,6 +692,20 @@ fn answer(
         ("GET", "/api/v1/namespaces/default/pods") => {
             let pods = (0..sizes.pods).map(|i| pod(&format!("web-{i}"))).collect();
             json_response(ok, list("PodList", pods))
+        }
+        // `-l hold=open`: one change to db-creds, then the watch stays open.
+        ("GET", "/api/v1/namespaces/default/secrets")
+            if watching && param("labelSelector") == Some("hold=open") =>
+        {
+            let mut changed = secret("db-creds");
+            changed["metadata"]["resourceVersion"] = json!("9");
+            let event = format!("{}\n", json!({"type": "MODIFIED", "object": changed}));
+            let mut r = Response::new(held_open(event, OpenWatch::new(open_watches)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
         }
         (
             "GET",
@@ -673,6 +764,12 @@ fn answer(
                 .map(|i| config_map(&format!("config-{i}")))
                 .collect();
             json_response(ok, list("ConfigMapList", maps))
+        }
+        ("GET" | "PATCH", p) if p.starts_with("/apis/apps/v1/namespaces/default/deployments/") => {
+            json_response(
+                ok,
+                deployment(&p["/apis/apps/v1/namespaces/default/deployments/".len()..]),
+            )
         }
         ("GET", p) if p.starts_with("/api/v1/namespaces/default/pods/web-") => {
             json_response(ok, pod(&p["/api/v1/namespaces/default/pods/".len()..]))

@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    Request, Response, StatusCode,
+    Method, Request, Response, StatusCode,
     body::{Frame, Incoming},
     header::{self, HeaderMap, HeaderValue},
 };
@@ -468,7 +468,9 @@ impl Session<'_> {
         if upgrade.is_some() {
             return Ok(self.open_stream(req, &request, started).await);
         }
-        let redacting = needs_redaction(&request, &self.resource.masking);
+        // HEAD's answer has no body, so nothing in it to redact.
+        let redacting =
+            needs_redaction(&request, &self.resource.masking) && req.method() != Method::HEAD;
         let watch = request.verb == "watch";
         let response = match self.forward(req, redacting).await {
             Ok(r) => r,
