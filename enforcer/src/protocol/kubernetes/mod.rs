@@ -5,6 +5,7 @@
 //! and forwards what is allowed with the injected credential. Secret values are redacted in
 //! what comes back ([`redact`]).
 
+mod budget;
 mod redact;
 pub mod request;
 mod review;

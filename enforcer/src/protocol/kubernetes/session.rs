@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{
-    K8sError, redact,
+    K8sError, budget, redact,
     request::{ApiRequest, Kind, RequestError, parse},
     review, status, stream,
 };
@@ -1514,15 +1514,26 @@ async fn redact_whole(
     kind: Option<&'static str>,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Response<Body>, String> {
-    let (mut parts, body) = response.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_REDACTED_BODY);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
+    let (mut parts, mut body) = response.into_parts();
     if !is_json(&parts.headers) {
         return Err("the API server did not answer in JSON".into());
+    }
+    let mut held = budget::Held::new();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > MAX_REDACTED_BODY {
+            return Err(format!(
+                "the answer is larger than the {} MiB enforcer redacts",
+                MAX_REDACTED_BODY >> 20
+            ));
+        }
+        held.set(bytes.len() + data.len())
+            .map_err(|e| e.to_string())?;
+        bytes.extend_from_slice(&data);
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("the answer is not JSON: {e}"))?;
@@ -1557,6 +1568,7 @@ fn redact_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(16);
     tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
+        let mut held = budget::Held::new();
         loop {
             // A client that left ends the watch upstream now, not at the next event.
             let frame = tokio::select! {
@@ -1576,6 +1588,10 @@ fn redact_stream(
             };
             // Only the new bytes can end an event: scanned once each.
             let scanned = pending.len();
+            if let Err(e) = held.set(scanned + data.len()) {
+                let _ = tx.send(Err(Box::new(e))).await;
+                return;
+            }
             pending.extend_from_slice(&data);
             let mut out = Vec::new();
             let mut start = 0;
@@ -1595,6 +1611,8 @@ fn redact_stream(
                 from = end;
             }
             pending.drain(..start);
+            // Giving back never fails.
+            let _ = held.set(pending.len());
             if pending.len() > MAX_REDACTED_BODY {
                 let _ = tx.send(Err("watch event too large to redact".into())).await;
                 return;
