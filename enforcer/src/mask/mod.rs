@@ -33,14 +33,15 @@ impl Strategy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Detector {
-    Email,
-    Card,
-    Iban,
-    Ssn,
-    Phone,
-    ApiKey,
+    // In the order of `ALL`, so a detector's discriminant is its index there.
     PrivateKey,
     Jwt,
+    ApiKey,
+    Email,
+    Iban,
+    Card,
+    Ssn,
+    Phone,
 }
 
 impl Detector {
@@ -92,7 +93,7 @@ impl Detector {
     }
 
     fn index(self) -> usize {
-        Detector::ALL.iter().position(|d| *d == self).unwrap_or(0)
+        self as usize
     }
 
     fn regex(self) -> Option<&'static Regex> {
@@ -372,54 +373,96 @@ impl Profile {
 
     /// Applies the strategy to a whole value.
     pub fn mask_value(&self, value: &str, what: &str) -> String {
-        apply(self.strategy, value, what)
+        let mut out = String::new();
+        apply(self.strategy, value, what, &mut out);
+        out
     }
 
-    /// Masks whatever the detectors find in `text`; `None` if nothing was found. Also
+    /// Writes the strategy's mask of a whole value into `out` (cleared first).
+    pub fn mask_value_into(&self, value: &str, what: &str, out: &mut String) {
+        out.clear();
+        apply(self.strategy, value, what, out);
+    }
+
+    /// Masks whatever the detectors find in `text`; borrowed if nothing was found. Also
     /// returns the names of the detectors that fired.
     pub fn scan<'a>(&self, text: &'a str) -> (Cow<'a, str>, Vec<&'static str>) {
-        self.scan_with(text, true)
+        let mut out = String::new();
+        let detected = self.scan_into(text.as_bytes(), &mut out, &mut Scratch::default());
+        if detected.is_empty() {
+            return (Cow::Borrowed(text), Vec::new());
+        }
+        (Cow::Owned(out), detected.names().collect())
+    }
+
+    /// Masks whatever the detectors find in `value`, the result's hot path: when something
+    /// was found, `out` holds the masked value (bytes that are not UTF-8 replaced: a masked
+    /// value need not keep them); otherwise `out` is unspecified. Once `out` and `scratch`
+    /// have grown, nothing is allocated, and a value no detector could match is not even
+    /// checked for UTF-8.
+    pub fn scan_into(&self, value: &[u8], out: &mut String, scratch: &mut Scratch) -> Detected {
+        self.scan_gated(value, out, scratch, true)
     }
 
     /// `gated: false` runs every detector: what the gate must agree with. Card, SSN and
     /// phone numbers are looked for last, in one pass, whatever their place in the list.
-    fn scan_with<'a>(&self, text: &'a str, gated: bool) -> (Cow<'a, str>, Vec<&'static str>) {
-        let mut out: Cow<'a, str> = Cow::Borrowed(text);
-        let mut fired = Vec::new();
+    fn scan_gated(
+        &self,
+        value: &[u8],
+        out: &mut String,
+        scratch: &mut Scratch,
+        gated: bool,
+    ) -> Detected {
+        let mut detected = Detected::default();
         if self.detectors.is_empty() {
-            return (out, fired);
+            return detected;
         }
-        let facts = Facts::of(text.as_bytes());
         // The facts are the unmasked value's: masking only takes away what detectors need.
-        let allowed = |detector: Detector| !gated || facts.allow(detector, text.as_bytes());
-        let mut numbers = numbers::Wanted::default();
+        let facts = Facts::of(value);
+        let mut run = Detected::default();
         for &detector in &self.detectors {
-            match detector {
-                Detector::Card => numbers.card = allowed(detector),
-                Detector::Ssn => numbers.ssn = allowed(detector),
-                Detector::Phone => numbers.phone = allowed(detector),
-                Detector::Email if allowed(detector) => {
-                    let mut found = Vec::new();
-                    email::find(out.as_bytes(), |r| found.push((r, detector)));
-                    self.replace(&mut out, &found, &mut fired);
-                }
-                _ if allowed(detector) => {
-                    let Some(re) = detector.regex() else { continue };
-                    // Only matches that pass the detector's own check (checksums) are
-                    // masked; a value without one is left as it is, uncopied.
-                    let found: Vec<_> = re
-                        .find_iter(&out)
-                        .filter(|m| detector.confirms(m.as_str()))
-                        .map(|m| (m.range(), detector))
-                        .collect();
-                    self.replace(&mut out, &found, &mut fired);
-                }
-                _ => {}
+            if !gated || facts.allow(detector, value) {
+                run.insert(detector);
             }
         }
+        if run.is_empty() {
+            return detected;
+        }
+        let text = String::from_utf8_lossy(value);
+        let mut masked = false;
+        let Scratch { found, spare } = scratch;
+        for &detector in &self.detectors {
+            if !run.contains(detector) {
+                continue;
+            }
+            found.clear();
+            let current: &str = if masked { out.as_str() } else { &text };
+            match detector {
+                Detector::Card | Detector::Ssn | Detector::Phone => continue,
+                Detector::Email => {
+                    email::find(current.as_bytes(), |r| found.push((r, detector)));
+                }
+                _ => {
+                    let Some(re) = detector.regex() else { continue };
+                    // Only matches that pass the detector's own check (checksums) count.
+                    found.extend(
+                        re.find_iter(current)
+                            .filter(|m| detector.confirms(m.as_str()))
+                            .map(|m| (m.range(), detector)),
+                    );
+                }
+            }
+            self.replace(&text, &mut masked, out, spare, found, &mut detected);
+        }
+        let numbers = numbers::Wanted {
+            card: run.contains(Detector::Card),
+            ssn: run.contains(Detector::Ssn),
+            phone: run.contains(Detector::Phone),
+        };
         if numbers.any() {
-            let mut found = Vec::new();
-            numbers::find(out.as_bytes(), numbers, |r, kind| {
+            found.clear();
+            let current: &str = if masked { out.as_str() } else { &text };
+            numbers::find(current.as_bytes(), numbers, |r, kind| {
                 let detector = match kind {
                     numbers::Kind::Card => Detector::Card,
                     numbers::Kind::Ssn => Detector::Ssn,
@@ -427,73 +470,116 @@ impl Profile {
                 };
                 found.push((r, detector));
             });
-            self.replace(&mut out, &found, &mut fired);
+            self.replace(&text, &mut masked, out, spare, found, &mut detected);
         }
-        (out, fired)
+        detected
     }
 
-    /// Masks the ranges found (in order, not overlapping) and notes which detectors fired.
+    /// Masks the ranges found (in order, not overlapping) in the value as masked so far:
+    /// `text` until something was masked, `out` after; the result is in `out`.
     fn replace(
         &self,
-        out: &mut Cow<'_, str>,
+        text: &str,
+        masked: &mut bool,
+        out: &mut String,
+        spare: &mut String,
         found: &[(Range<usize>, Detector)],
-        fired: &mut Vec<&'static str>,
+        detected: &mut Detected,
     ) {
         if found.is_empty() {
             return;
         }
-        let mut masked = String::with_capacity(out.len() + 16);
+        let source: &str = if *masked {
+            std::mem::swap(out, spare);
+            spare
+        } else {
+            text
+        };
+        out.clear();
         let mut last = 0;
         for (range, detector) in found {
-            masked.push_str(&out[last..range.start]);
-            masked.push_str(&apply(self.strategy, &out[range.clone()], detector.name()));
+            out.push_str(&source[last..range.start]);
+            apply(self.strategy, &source[range.clone()], detector.name(), out);
             last = range.end;
-            if !fired.contains(&detector.name()) {
-                fired.push(detector.name());
-            }
+            detected.insert(*detector);
         }
-        masked.push_str(&out[last..]);
-        *out = Cow::Owned(masked);
+        out.push_str(&source[last..]);
+        *masked = true;
     }
 }
 
-fn apply(strategy: Strategy, value: &str, what: &str) -> String {
+/// Buffers a scan reuses from value to value.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    found: Vec<(Range<usize>, Detector)>,
+    spare: String,
+}
+
+/// The detectors that found something in one value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Detected(u8);
+
+impl Detected {
+    fn insert(&mut self, detector: Detector) {
+        self.0 |= 1 << detector.index();
+    }
+
+    fn contains(self, detector: Detector) -> bool {
+        self.0 & (1 << detector.index()) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Detector::ALL
+            .into_iter()
+            .filter(move |d| self.contains(*d))
+            .map(Detector::name)
+    }
+}
+
+/// Appends the strategy's mask of `value` to `out`.
+fn apply(strategy: Strategy, value: &str, what: &str, out: &mut String) {
     match strategy {
-        Strategy::Redact => format!("[{what} redacted]"),
+        Strategy::Redact => {
+            out.push('[');
+            out.push_str(what);
+            out.push_str(" redacted]");
+        }
         Strategy::Partial if value.is_ascii() => {
             // Most masked values (emails, card numbers) are ASCII: one byte, one char.
             let hidden = value.len() - if value.len() > 8 { 4 } else { 0 };
-            value
-                .bytes()
-                .enumerate()
-                .map(|(i, b)| {
-                    if i < hidden && b.is_ascii_alphanumeric() {
-                        '*'
-                    } else {
-                        char::from(b)
-                    }
-                })
-                .collect::<String>()
+            out.extend(value.bytes().enumerate().map(|(i, b)| {
+                if i < hidden && b.is_ascii_alphanumeric() {
+                    '*'
+                } else {
+                    char::from(b)
+                }
+            }));
         }
         Strategy::Partial => {
-            // Runs once per masked value of every row: one pass, one allocation.
             let count = value.chars().count();
             let hidden = count - if count > 8 { 4 } else { 0 };
-            let mut out = String::with_capacity(value.len());
-            for (i, c) in value.chars().enumerate() {
-                out.push(if i < hidden && c.is_alphanumeric() {
+            out.extend(value.chars().enumerate().map(|(i, c)| {
+                if i < hidden && c.is_alphanumeric() {
                     '*'
                 } else {
                     c
-                });
-            }
-            out
+                }
+            }));
         }
         Strategy::Hash => {
             let mut h = Sha256::new();
             h.update(hash_key());
             h.update(value.as_bytes());
-            format!("{what}:{}", hex::encode(&h.finalize()[..8]))
+            let mut hex = [0u8; 16];
+            // 8 bytes always fit 16 hex digits.
+            let _ = hex::encode_to_slice(&h.finalize()[..8], &mut hex);
+            out.push_str(what);
+            out.push(':');
+            out.extend(hex.iter().map(|&b| char::from(b)));
         }
     }
 }
@@ -514,6 +600,9 @@ mod tests {
 
     #[test]
     fn detectors_find_what_they_should_and_leave_the_rest() {
+        for (i, detector) in Detector::ALL.into_iter().enumerate() {
+            assert_eq!(detector.index(), i, "{detector:?}");
+        }
         let (out, fired) = scan("mail ada@example.com now");
         assert_eq!(out, "mail [email redacted] now");
         assert_eq!(fired, ["email"]);
@@ -607,9 +696,12 @@ mod tests {
                 strategy: if partial { Strategy::Partial } else { Strategy::Redact },
                 ..Profile::default()
             };
-            let gated = profile.scan_with(&text, true);
-            let every = profile.scan_with(&text, false);
-            proptest::prop_assert_eq!(gated, every);
+            let run = |gated| {
+                let mut out = String::new();
+                let detected = profile.scan_gated(text.as_bytes(), &mut out, &mut Scratch::default(), gated);
+                (detected, if detected.is_empty() { String::new() } else { out })
+            };
+            proptest::prop_assert_eq!(run(true), run(false));
         }
 
         #[test]

@@ -124,6 +124,8 @@ struct Shared {
     query_columns: Option<Vec<Column>>,
     /// Values masked since the last ReadyForQuery, counted into the metrics then.
     masked: Fired,
+    /// Buffers masking reuses from row to row.
+    masking: Masking,
     /// When the statement whose reply comes next was sent on (or the one before it ended).
     running_since: Option<std::time::Instant>,
     rows: u64,
@@ -1367,9 +1369,16 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 };
                 drop(shared);
                 let mut fired = Fired::default();
-                let mut mask = |i: usize, text: &str| {
-                    self.mask_value(columns.get(i), text.as_bytes(), &mut fired)
-                        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                let mut masking = Masking::default();
+                let mut mask = |i: usize, text: &str| match self.mask_value(
+                    columns.get(i),
+                    text.as_bytes(),
+                    &mut fired,
+                    &mut masking,
+                ) {
+                    Fate::Unchanged => None,
+                    Fate::Null => Some(None),
+                    Fate::Replaced => Some(Some(masking.value.clone())),
                 };
                 let mut out = BytesMut::new();
                 let data = if tag == b'd' {
@@ -1414,7 +1423,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     Some(Expect::Execute { portal, .. }) => shared.portals.get(portal),
                     _ => shared.query_columns.as_ref(),
                 };
-                Some(self.mask_row(frame, columns.map(Vec::as_slice), &mut shared.masked)?)
+                Some(self.mask_row(
+                    frame,
+                    columns.map(Vec::as_slice),
+                    &mut shared.masked,
+                    &mut shared.masking,
+                )?)
             }
             b'C' | b'I' | b's' => {
                 if matches!(shared.expect.front(), Some(Expect::Execute { .. })) {
@@ -1452,6 +1466,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         frame: BytesMut,
         columns: Option<&[Column]>,
         fired: &mut Fired,
+        masking: &mut Masking,
     ) -> Result<BytesMut, PgError> {
         let ruled = columns.is_some_and(|c| c.iter().any(|c| c.ruled));
         if !ruled && self.resource.masking.detectors.is_empty() {
@@ -1463,30 +1478,37 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         let mut values = DataRowValues::new(body(&frame)).ok_or_else(malformed)?;
         // Written only once a value changes: most rows of most results pass untouched, and
         // the values before the first change are copied as they came.
-        let mut row: Option<BytesMut> = None;
+        let mut rewriting = false;
         for (i, item) in values.by_ref().enumerate() {
             let (at, value) = item.ok_or_else(malformed)?;
-            let masked =
-                value.and_then(|v| self.mask_value(columns.and_then(|c| c.get(i)), v, fired));
-            if masked.is_some() && row.is_none() {
-                // The frame is the tag, the length word, then the body.
-                let mut out = BytesMut::with_capacity(frame.len() + 64);
-                out.extend_from_slice(&frame[..5 + at]);
-                row = Some(out);
+            let fate = match value {
+                Some(v) => self.mask_value(columns.and_then(|c| c.get(i)), v, fired, masking),
+                None => Fate::Unchanged,
+            };
+            if fate != Fate::Unchanged && !rewriting {
+                // The frame is the tag, the length word, then the body. The row buffer is
+                // split off below and dropped once sent, so its allocation comes back here.
+                masking.row.reserve(frame.len() + 64);
+                masking.row.extend_from_slice(&frame[..5 + at]);
+                rewriting = true;
             }
-            if let Some(out) = row.as_mut() {
-                match &masked {
-                    Some(replacement) => put_value(out, replacement.as_deref()),
-                    None => put_value(out, value),
+            if rewriting {
+                let out = &mut masking.row;
+                match fate {
+                    Fate::Unchanged => put_value(out, value),
+                    Fate::Null => put_value(out, None),
+                    Fate::Replaced => put_value(out, Some(masking.value.as_bytes())),
                 }
             }
         }
         if !values.is_complete() {
+            masking.row.clear();
             return Err(malformed());
         }
-        let Some(mut row) = row else {
+        if !rewriting {
             return Ok(frame);
-        };
+        }
+        let mut row = masking.row.split();
         let len = (row.len() - 1) as i32;
         row[1..5].copy_from_slice(&len.to_be_bytes());
         Ok(row)
@@ -1501,6 +1523,24 @@ fn put_value(out: &mut BytesMut, value: Option<&[u8]>) {
         }
         None => out.put_i32(-1),
     }
+}
+
+/// What masking does to one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Unchanged,
+    Null,
+    /// Replaced by `Masking::value`.
+    Replaced,
+}
+
+/// Buffers reused from value to value and row to row: masking a result allocates nothing
+/// per value once they have grown.
+#[derive(Debug, Default)]
+struct Masking {
+    value: String,
+    scratch: crate::mask::Scratch,
+    row: BytesMut,
 }
 
 /// Masked values by what masked them, counted into the metrics in bulk rather than once per
@@ -1529,42 +1569,44 @@ impl Fired {
 }
 
 impl<W> Session<'_, W> {
-    /// One value's fate: `None` unchanged, `Some(None)` NULL, `Some(Some(bytes))` replaced.
+    /// One value's fate; a replacement is left in `masking.value`.
     fn mask_value(
         &self,
         column: Option<&Column>,
         value: &[u8],
         fired: &mut Fired,
-    ) -> Option<Option<Vec<u8>>> {
+        masking: &mut Masking,
+    ) -> Fate {
         let profile = &self.resource.masking;
         let textual = column.is_none_or(|c| !c.binary || is_text_type(c.type_oid));
         let text_type = column.is_none_or(|c| is_text_type(c.type_oid));
-        let ruled = column.filter(|c| c.ruled);
-        let detect =
-            !profile.detectors.is_empty() && column.is_none_or(|c| may_hold_text(c.type_oid));
-        if ruled.is_none() && !detect {
-            return None;
+        if let Some(c) = column.filter(|c| c.ruled) {
+            fired.add("column");
+            return match std::str::from_utf8(value) {
+                Ok(text) if textual && text_type => {
+                    profile.mask_value_into(text, &c.name, &mut masking.value);
+                    Fate::Replaced
+                }
+                _ => Fate::Null,
+            };
         }
-        match (ruled, std::str::from_utf8(value)) {
-            (Some(c), Ok(text)) if textual => {
-                fired.add("column");
-                Some(text_type.then(|| profile.mask_value(text, &c.name).into_bytes()))
-            }
-            (Some(_), _) => {
-                fired.add("column");
-                Some(None)
-            }
-            (None, Ok(text)) if textual && detect => {
-                let (scanned, detectors) = profile.scan(text);
-                if detectors.is_empty() {
-                    return None;
-                }
-                for detector in detectors {
-                    fired.add(detector);
-                }
-                Some(text_type.then(|| scanned.into_owned().into_bytes()))
-            }
-            _ => None,
+        let detect = !profile.detectors.is_empty()
+            && textual
+            && column.is_none_or(|c| may_hold_text(c.type_oid));
+        if !detect {
+            return Fate::Unchanged;
+        }
+        let detected = profile.scan_into(value, &mut masking.value, &mut masking.scratch);
+        if detected.is_empty() {
+            return Fate::Unchanged;
+        }
+        for detector in detected.names() {
+            fired.add(detector);
+        }
+        if text_type {
+            Fate::Replaced
+        } else {
+            Fate::Null
         }
     }
 }
