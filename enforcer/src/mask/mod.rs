@@ -151,6 +151,9 @@ struct Facts {
     /// Whether some digit follows no letter, digit or `_`: card, SSN and phone numbers must
     /// start at one, and hex ids, hashes and tokens have none most of the time.
     number_start: bool,
+    /// Where numbers may start (`numbers::is_start`), one bit per byte, in values of 64
+    /// bytes or fewer (`None` in longer ones).
+    starts: Option<u64>,
     seen: u32,
 }
 
@@ -223,21 +226,26 @@ impl Facts {
     fn of(text: &[u8]) -> Facts {
         // No branch per byte: values mix letters and digits, and a branch on each would
         // be mispredicted at every change.
-        let (seen, digits, starts, _) =
-            text.iter()
-                .fold((0, 0, 0, 0), |(seen, digits, starts, previous), &b| {
-                    let class = CLASS[usize::from(b)];
-                    let digit = u32::from(b.wrapping_sub(b'0') < 10);
-                    (
-                        seen | class,
-                        digits + digit as usize,
-                        starts | (digit & !previous),
-                        class >> 31,
-                    )
-                });
+        let (seen, digits, starts, _) = text.iter().enumerate().fold(
+            (0, 0, 0u64, 0),
+            |(seen, digits, starts, previous), (i, &b)| {
+                let class = CLASS[usize::from(b)];
+                let digit = u32::from(b.wrapping_sub(b'0') < 10);
+                let start = u64::from(digit & !previous);
+                (
+                    seen | class,
+                    digits + digit as usize,
+                    // Past 64 bytes every start lands on the top bit: `starts` still
+                    // says whether there is one.
+                    starts | (start << i.min(63)),
+                    class >> 31,
+                )
+            },
+        );
         Facts {
             digits,
             number_start: starts != 0,
+            starts: (text.len() <= 64).then_some(starts),
             seen: seen & !WORD,
         }
     }
@@ -246,17 +254,30 @@ impl Facts {
         self.seen & bits == bits
     }
 
-    /// Whether `detector` could find something in `text` (never false when it could).
-    fn allow(&self, detector: Detector, text: &[u8]) -> bool {
-        match detector {
-            Detector::Email => self.has(AT),
-            Detector::Card => self.number_start && self.digits >= 13,
-            Detector::Ssn | Detector::Phone => self.number_start && self.digits >= 9,
-            Detector::Iban => self.digits >= 2 && self.has(UPPER) && iban_start(text),
-            Detector::ApiKey => API_KEYS.iter().any(|&bits| self.has(bits)),
-            Detector::PrivateKey => self.has(PRIVATE_KEY),
-            Detector::Jwt => self.has(JWT),
+    /// Which of the `wanted` detectors could find something in `text` (never leaving out
+    /// one that could). Bit arithmetic rather than a match per detector: this runs for every
+    /// value, and most values end here with nothing to run.
+    fn possible(&self, wanted: Detected, text: &[u8]) -> Detected {
+        let bit = |detector: Detector, on: bool| u8::from(on) << detector.index();
+        let nine = self.number_start && self.digits >= 9;
+        let mut bits = bit(Detector::Email, self.has(AT))
+            | bit(Detector::Card, self.number_start && self.digits >= 13)
+            | bit(Detector::Ssn, nine)
+            | bit(Detector::Phone, nine)
+            | bit(
+                Detector::ApiKey,
+                API_KEYS.iter().any(|&bits| self.has(bits)),
+            )
+            | bit(Detector::PrivateKey, self.has(PRIVATE_KEY))
+            | bit(Detector::Jwt, self.has(JWT));
+        if wanted.contains(Detector::Iban)
+            && self.digits >= 2
+            && self.has(UPPER)
+            && iban_start(text)
+        {
+            bits |= bit(Detector::Iban, true);
         }
+        Detected(bits & wanted.0)
     }
 }
 
@@ -419,16 +440,24 @@ impl Profile {
         }
         // The facts are the unmasked value's: masking only takes away what detectors need.
         let facts = Facts::of(value);
-        let mut run = Detected::default();
+        let mut wanted = Detected::default();
         for &detector in &self.detectors {
-            if !gated || facts.allow(detector, value) {
-                run.insert(detector);
-            }
+            wanted.insert(detector);
         }
+        let run = if gated {
+            facts.possible(wanted, value)
+        } else {
+            wanted
+        };
         if run.is_empty() {
             return detected;
         }
-        let text = String::from_utf8_lossy(value);
+        // The strict check first: it is faster than the lossy one on the valid text most
+        // values are.
+        let text = match std::str::from_utf8(value) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(value),
+        };
         let mut masked = false;
         let Scratch { found, spare } = scratch;
         for &detector in &self.detectors {
@@ -462,14 +491,24 @@ impl Profile {
         if numbers.any() {
             found.clear();
             let current: &str = if masked { out.as_str() } else { &text };
-            numbers::find(current.as_bytes(), numbers, |r, kind| {
+            let each = |r, kind| {
                 let detector = match kind {
                     numbers::Kind::Card => Detector::Card,
                     numbers::Kind::Ssn => Detector::Ssn,
                     numbers::Kind::Phone => Detector::Phone,
                 };
                 found.push((r, detector));
-            });
+            };
+            // The gate's starts are where the value's bytes are: not after masking moved
+            // them or invalid UTF-8 was replaced.
+            let unmoved = !masked && matches!(text, Cow::Borrowed(_));
+            match facts.starts.filter(|_| gated && unmoved) {
+                Some(starts) => {
+                    let at = BitPositions(starts);
+                    numbers::find_from(current.as_bytes(), numbers, at, each);
+                }
+                None => numbers::find(current.as_bytes(), numbers, each),
+            }
             self.replace(&text, &mut masked, out, spare, found, &mut detected);
         }
         detected
@@ -505,6 +544,22 @@ impl Profile {
         }
         out.push_str(&source[last..]);
         *masked = true;
+    }
+}
+
+/// The positions of a mask's set bits, lowest first.
+struct BitPositions(u64);
+
+impl Iterator for BitPositions {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let at = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(at)
     }
 }
 

@@ -47,23 +47,33 @@ fn is_word(b: u8) -> bool {
 
 /// Calls `each` with the byte range and kind of every number in `text` that is one of the
 /// kinds wanted, left to right, ranges not overlapping.
-pub(super) fn find(text: &[u8], wanted: Wanted, mut each: impl FnMut(Range<usize>, Kind)) {
-    let n = text.len();
-    let mut i = 0;
-    while i < n {
-        if !text[i].is_ascii_digit() {
-            i += 1;
-            continue;
-        }
-        if i > 0 && is_word(text[i - 1]) {
-            // Inside a word or a longer run: skip the rest of these digits.
-            while i < n && text[i].is_ascii_digit() {
-                i += 1;
-            }
+pub(super) fn find(text: &[u8], wanted: Wanted, each: impl FnMut(Range<usize>, Kind)) {
+    let starts = (0..text.len()).filter(|&i| is_start(text, i));
+    find_from(text, wanted, starts, each);
+}
+
+/// Where a number may start: a digit no letter, digit or `_` precedes.
+pub(super) fn is_start(text: &[u8], i: usize) -> bool {
+    text[i].is_ascii_digit() && (i == 0 || !is_word(text[i - 1]))
+}
+
+/// `find`, given every place a number may start (`is_start`), in order: a caller that has
+/// already passed over the bytes (the detectors' gate) saves a second pass, branchy on text
+/// that mixes letters and digits.
+pub(super) fn find_from(
+    text: &[u8],
+    wanted: Wanted,
+    starts: impl Iterator<Item = usize>,
+    mut each: impl FnMut(Range<usize>, Kind),
+) {
+    // Where the last number (or date) ended: starts before it were part of it.
+    let mut floor = 0;
+    for i in starts {
+        if i < floor {
             continue;
         }
         if super::starts_with_a_date(&text[i..]) {
-            i += 10;
+            floor = i + 10;
             continue;
         }
         // Most numbers are short (`17` of `17:40`, a house number): their digits are
@@ -75,11 +85,11 @@ pub(super) fn find(text: &[u8], wanted: Wanted, mut each: impl FnMut(Range<usize
             true
         });
         if digits < 9 {
-            i = end;
+            floor = end;
             continue;
         }
         let number = Number::read(text, i);
-        i = number.end();
+        floor = number.end();
         if !number.touches_word {
             number.split(text, wanted, &mut each);
         }
