@@ -813,7 +813,7 @@ impl Validator {
     }
 
     fn masking(&mut self, spec: &Spanned<file::MaskingSpec>) -> crate::mask::Profile {
-        use crate::mask::{Detector, Profile, Strategy};
+        use crate::mask::{Detector, Detectors, Profile, Strategy};
         let mut profile = Profile::default();
         for key in &spec.value.keys {
             let text = key.value.trim().to_ascii_lowercase();
@@ -832,10 +832,10 @@ impl Validator {
             }
         }
         if let Some(names) = &spec.value.detectors {
-            profile.detectors.clear();
+            profile.detectors = Detectors::default();
             for name in names {
                 match Detector::parse(name.value.trim()) {
-                    Some(d) => profile.detectors.push(d),
+                    Some(d) => profile.detectors.insert(d),
                     None => self.error(
                         name.referenced,
                         format!(

@@ -1378,7 +1378,9 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 ) {
                     Fate::Unchanged => None,
                     Fate::Null => Some(None),
-                    Fate::Replaced => Some(Some(masking.value.clone())),
+                    Fate::Replaced => {
+                        Some(Some(String::from_utf8_lossy(&masking.value).into_owned()))
+                    }
                 };
                 let mut out = BytesMut::new();
                 let data = if tag == b'd' {
@@ -1497,7 +1499,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 match fate {
                     Fate::Unchanged => put_value(out, value),
                     Fate::Null => put_value(out, None),
-                    Fate::Replaced => put_value(out, Some(masking.value.as_bytes())),
+                    Fate::Replaced => put_value(out, Some(&masking.value)),
                 }
             }
         }
@@ -1538,7 +1540,8 @@ enum Fate {
 /// per value once they have grown.
 #[derive(Debug, Default)]
 struct Masking {
-    value: String,
+    /// A masked value: UTF-8 text.
+    value: Vec<u8>,
     scratch: crate::mask::Scratch,
     row: BytesMut,
 }
