@@ -293,6 +293,9 @@ impl Profile {
         if self.detectors.is_empty() {
             return detected;
         }
+        if gated && gate::short_and_plain(value, self.detectors) {
+            return detected;
+        }
         // The facts are the unmasked value's: masking only takes away what detectors need.
         let facts = gate::Facts::of(value);
         let run = if gated {
