@@ -234,7 +234,8 @@ fn policy(dir: &Path, name: &str, pg: u16, masking: &str) -> Result<PathBuf> {
     Ok(policy)
 }
 
-pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
+/// The whole comparison; with `pgbench: false`, the wide result alone.
+pub fn run(enforcer: &Path, dir: &Path, pgbench: bool) -> Result<()> {
     setup::install(&["haproxy", "pgbouncer"])?;
     eprintln!("bench: PostgreSQL with pgbench -s 10 and a 10-column, 100,000-row table");
     let pg = Postgres::start(dir, "-c max_connections=200 -c shared_buffers=256MB")?;
@@ -255,8 +256,6 @@ pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
           FROM generate_series(1, 100000) i;
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO app;",
     )?;
-    let (_haproxy, haproxy_port) = haproxy(dir, pg.port)?;
-    let (_bouncer, bouncer_port) = pgbouncer(dir, pg.port)?;
     // Masking on as a production policy would have it: every detector, and a column rule
     // (which makes enforcer name each result column's table through the catalog).
     let masked = policy(
@@ -278,15 +277,24 @@ pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
         "    masking:\n      columns: [\"wide.card\", \"wide.email\"]\n      detectors: []\n      strategy: partial\n",
     )?;
     let s = Setup { enforcer, dir };
+    if pgbench {
+        compare_pgbench(&s, pg.port, &masked)?;
+    }
+    wide_result(&s, pg.port, [&unmasked, &masked, &columns_only])
+}
 
+/// pgbench -S at 8 and 1 clients: direct, through haproxy, pgbouncer and enforcer.
+fn compare_pgbench(s: &Setup, pg: u16, masked: &Path) -> Result<()> {
+    let (_haproxy, haproxy_port) = haproxy(s.dir, pg)?;
+    let (_bouncer, bouncer_port) = pgbouncer(s.dir, pg)?;
     // One sample per contender says little on a shared machine (neighbours' load moves
     // every figure by tens of percent): contenders take turns, round after round, and each
     // figure is the median of its rounds.
     let contenders = [
-        ("direct", pg.port, None),
+        ("direct", pg, None),
         ("haproxy (TCP)", haproxy_port, None),
         ("pgbouncer (session)", bouncer_port, None),
-        ("enforcer", pg.port, Some(masked.as_path())),
+        ("enforcer", pg, Some(masked)),
     ];
     let mut samples: Vec<(&str, &str, Vec<Run>)> = Vec::new();
     for round in 1..=ROUNDS {
@@ -366,6 +374,12 @@ pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// A 10-column, 100k-row result with masking off, by column rules and by detectors.
+fn wide_result(s: &Setup, pg: u16, [unmasked, masked, columns_only]: [&Path; 3]) -> Result<()> {
+    let dir = s.dir;
     // A 10-column, 100k-row result, read whole ten times a run (fewer are too noisy on a
     // shared 2-core machine to compare configurations).
     let script = dir.join("wide.sql");
@@ -375,15 +389,15 @@ pub fn run(enforcer: &Path, dir: &Path) -> Result<()> {
     let wide = ["-c", "1", "-t", "10", script.as_str()];
     let configurations = [
         ("direct", None),
-        ("masking off", Some(unmasked.as_path())),
-        ("content detectors", Some(masked.as_path())),
-        ("column rules", Some(columns_only.as_path())),
+        ("masking off", Some(unmasked)),
+        ("content detectors", Some(masked)),
+        ("column rules", Some(columns_only)),
     ];
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
     for round in 1..=WIDE_ROUNDS {
         for (i, (name, policy)) in configurations.iter().enumerate() {
             eprintln!("bench: round {round}/{WIDE_ROUNDS}: 10-column, 100k-row result: {name}");
-            latencies[i].push(s.pgbench(pg.port, &wide, *policy)?.latency_ms);
+            latencies[i].push(s.pgbench(pg, &wide, *policy)?.latency_ms);
         }
     }
     let [direct, plain, masked_run, columns_run] =
