@@ -7,12 +7,20 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::PgError;
 
+/// What a read asks room for at first, and at most: a connection that reads full buffers
+/// (a large result streaming in) doubles its room up to the most, so that a busy peer is read
+/// in few syscalls (and written on in few), while an idle one keeps a small buffer.
+const FIRST_ROOM: usize = 8 * 1024;
+const MOST_ROOM: usize = 64 * 1024;
+
 /// Startup-phase packets (no tag): SSLRequest, GSSENCRequest, CancelRequest, StartupMessage.
 const MAX_STARTUP: usize = 10_000;
 
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
+    /// Room the next read asks for (`FIRST_ROOM` to `MOST_ROOM`).
+    room: usize,
     /// Bytes read from the peer, for the session's statistics.
     pub bytes: u64,
 }
@@ -21,7 +29,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(8192),
+            buf: BytesMut::with_capacity(FIRST_ROOM),
+            room: FIRST_ROOM,
             bytes: 0,
         }
     }
@@ -31,6 +40,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             inner,
             buf,
+            room: FIRST_ROOM,
             bytes: 0,
         }
     }
@@ -65,7 +75,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// new packet.
     async fn fill(&mut self, n: usize) -> Result<bool, PgError> {
         while self.buf.len() < n {
+            // Without this, a full buffer would be grown by `read_buf` 64 bytes at a time.
+            if self.buf.capacity() - self.buf.len() < self.room / 4 {
+                self.buf.reserve(self.room);
+            }
+            let spare = self.buf.capacity() - self.buf.len();
             let read = self.inner.read_buf(&mut self.buf).await?;
+            if read == spare {
+                self.room = (self.room * 2).min(MOST_ROOM);
+            }
             if read == 0 {
                 if self.buf.is_empty() {
                     return Ok(false);
@@ -231,6 +249,32 @@ mod tests {
         }
         let mut cut: &[u8] = b"Q\x00\x00\x00\x09ab";
         assert!(FrameReader::new(&mut cut).message(1 << 20).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_streaming_peer_is_read_in_larger_pieces_an_idle_one_is_not() {
+        // 5,000 DataRow-sized messages, streamed: every one comes out whole, in order, and
+        // the reader's room grows to the most; two small messages leave it as it was.
+        let mut wire = Vec::new();
+        for i in 0..5_000u32 {
+            wire.push(b'D');
+            wire.extend_from_slice(&(4 + 60u32).to_be_bytes());
+            wire.extend((0..60).map(|j| (i as u8).wrapping_add(j)));
+        }
+        let mut stream: &[u8] = &wire;
+        let mut r = FrameReader::new(&mut stream);
+        for i in 0..5_000u32 {
+            let m = r.message(1 << 20).await.expect("ok").expect("frame");
+            assert_eq!(m.len(), 65);
+            assert_eq!(m[5], i as u8);
+        }
+        assert!(r.message(1 << 20).await.expect("ok").is_none());
+        assert_eq!(r.room, MOST_ROOM);
+        assert_eq!(r.bytes, wire.len() as u64);
+        let mut small: &[u8] = b"Q\x00\x00\x00\x09abcd\x00S\x00\x00\x00\x04";
+        let mut r = FrameReader::new(&mut small);
+        while r.message(1 << 20).await.expect("ok").is_some() {}
+        assert_eq!(r.room, FIRST_ROOM);
     }
 
     #[test]
