@@ -285,7 +285,59 @@ mod tests {
         assert_eq!(data_row_values(b"\x00\x01\x00\x00\x00\x02hiX"), None);
     }
 
+    /// A peer whose bytes arrive in pieces of the given sizes (cycled), as a socket's do.
+    struct Pieces {
+        data: Vec<u8>,
+        sizes: Vec<usize>,
+        at: usize,
+        turn: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
     proptest::proptest! {
+        /// Messages come out whole and in order however their bytes are cut in arrival, and
+        /// whatever room the reader has grown to.
+        #[test]
+        fn frames_survive_any_arrival_pieces(
+            bodies in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..60),
+            sizes in proptest::collection::vec(1usize..20_000, 1..8),
+        ) {
+            let mut data = Vec::new();
+            for body in &bodies {
+                data.push(b'D');
+                data.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+                data.extend_from_slice(body);
+            }
+            let total = data.len() as u64;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let got = runtime.block_on(async {
+                let mut r = FrameReader::new(Pieces { data, sizes, at: 0, turn: 0 });
+                let mut got = Vec::new();
+                while let Some(m) = r.message(1 << 20).await.expect("whole messages") {
+                    got.push(m[5..].to_vec());
+                }
+                (got, r.bytes)
+            });
+            proptest::prop_assert_eq!(got, (bodies, total));
+        }
+
         #[test]
         fn any_data_row_bytes_are_safe(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
             let _ = data_row_values(&bytes);
