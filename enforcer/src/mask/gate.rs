@@ -86,10 +86,21 @@ fn masks(chunk: [u64; 2]) -> Masks {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn masks(chunk: [u64; 2]) -> Masks {
-    scalar_masks(chunk)
+/// The masks of up to 16 bytes of a value.
+#[cfg(target_arch = "x86_64")]
+fn chunk_masks(piece: &[u8]) -> Masks {
+    // SAFETY: SSE2 is part of x86_64's baseline: every x86_64 CPU has it.
+    unsafe { masks(load(piece)) }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+fn chunk_masks(piece: &[u8]) -> Masks {
+    scalar_masks(load(piece))
+}
+
+/// The card, SSN and phone detectors, which the one number finder serves.
+const NUMBERS: u8 =
+    (1 << Detector::Card as u8) | (1 << Detector::Ssn as u8) | (1 << Detector::Phone as u8);
 
 /// The masks byte by byte: the other targets' gate, and what the vector one must agree with.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
@@ -116,15 +127,8 @@ pub(super) fn short_and_plain(text: &[u8], wanted: Detectors) -> bool {
     if text.len() > 16 {
         return false;
     }
-    let chunk = load(text);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of x86_64's baseline: every x86_64 CPU has it.
-    let m = unsafe { masks(chunk) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let m = masks(chunk);
-    let numbers = wanted.contains(Detector::Card)
-        || wanted.contains(Detector::Ssn)
-        || wanted.contains(Detector::Phone);
+    let m = chunk_masks(text);
+    let numbers = wanted.0 & NUMBERS != 0;
     if (m.at != 0 && wanted.contains(Detector::Email)) || (m.digit.count_ones() >= 9 && numbers) {
         return false;
     }
@@ -175,12 +179,7 @@ impl Facts {
         // Whether the byte before the chunk is a word byte.
         let mut word_before = 0u16;
         for (k, piece) in text.chunks(16).enumerate() {
-            let chunk = load(piece);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: SSE2 is part of x86_64's baseline: every x86_64 CPU has it.
-            let m = unsafe { masks(chunk) };
-            #[cfg(not(target_arch = "x86_64"))]
-            let m = masks(chunk);
+            let m = chunk_masks(piece);
             facts.digits += m.digit.count_ones();
             let start = m.digit & !((m.word << 1) | word_before);
             word_before = m.word >> 15;
@@ -213,11 +212,9 @@ impl Facts {
     #[inline]
     pub(super) fn possible(&self, wanted: Detectors, text: &[u8]) -> Detectors {
         let bit = |detector: Detector, on: bool| u8::from(on) << detector.index();
-        let numbers =
-            bit(Detector::Card, true) | bit(Detector::Ssn, true) | bit(Detector::Phone, true);
         // The longest number is only measured where the counts leave one possible: most
         // values stop at the counts, and timestamps (twenty digits) at the measure.
-        let longest = if self.number_start && self.digits >= 9 && wanted.0 & numbers != 0 {
+        let longest = if self.number_start && self.digits >= 9 && wanted.0 & NUMBERS != 0 {
             self.longest_number(text)
         } else {
             0
@@ -379,12 +376,7 @@ mod tests {
                 u64::from_le_bytes(word)
             });
             proptest::prop_assert_eq!(chunk, expected, "load");
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: SSE2 is part of x86_64's baseline.
-            let vector = unsafe { masks(chunk) };
-            #[cfg(not(target_arch = "x86_64"))]
-            let vector = masks(chunk);
-            proptest::prop_assert_eq!(vector, scalar_masks(chunk));
+            proptest::prop_assert_eq!(chunk_masks(&bytes), scalar_masks(chunk));
         }
 
         /// The masks' measure of the longest number is the byte-by-byte one.

@@ -315,6 +315,9 @@ impl Profile {
                 Cow::Borrowed(_) => Cow::Borrowed(value),
             },
         };
+        // Where the gate saw `@`s and number starts is where the value's bytes are: not
+        // after masking moved them or invalid UTF-8 was replaced.
+        let gate_holds = |masked: bool| gated && !masked && matches!(text, Cow::Borrowed(_));
         let mut masked = false;
         let Scratch { found, spare } = scratch;
         for detector in run.iter() {
@@ -324,9 +327,7 @@ impl Profile {
                 Detector::Card | Detector::Ssn | Detector::Phone => continue,
                 Detector::Email => {
                     let each = |r| found.push((r, detector));
-                    // The gate's `@`s are where the value's bytes are, as the starts below.
-                    let unmoved = !masked && matches!(text, Cow::Borrowed(_));
-                    match facts.ats.filter(|_| gated && unmoved) {
+                    match facts.ats.filter(|_| gate_holds(masked)) {
                         Some(ats) => email::find_from(current, BitPositions(ats), each),
                         None => email::find(current, each),
                     }
@@ -359,10 +360,7 @@ impl Profile {
                 };
                 found.push((r, detector));
             };
-            // The gate's starts are where the value's bytes are: not after masking moved
-            // them or invalid UTF-8 was replaced.
-            let unmoved = !masked && matches!(text, Cow::Borrowed(_));
-            match facts.starts.filter(|_| gated && unmoved) {
+            match facts.starts.filter(|_| gate_holds(masked)) {
                 Some(starts) => {
                     let at = BitPositions(starts);
                     numbers::find_from(current, numbers, at, each);
