@@ -208,9 +208,10 @@ impl Proxy {
                 Ok((stream, peer)) => {
                     let accepted = Instant::now();
                     let proxy = Arc::clone(&self);
-                    tokio::spawn(
-                        async move { proxy.handle(stream, peer, accepted, gateway).await },
-                    );
+                    tokio::spawn(async move {
+                        let _here = crate::record::ServedHere::begin();
+                        proxy.handle(stream, peer, accepted, gateway).await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; connections wait in

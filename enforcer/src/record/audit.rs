@@ -152,23 +152,28 @@ impl AuditLog {
 
     /// Chains `event` and writes it, with any lines held back before it, to the file.
     pub fn append(&mut self, event: &Event) -> Result<(), AuditError> {
-        self.append_at(event, &now_rfc3339(), true)
+        self.append_at(event, time::OffsetDateTime::now_utc(), true)
     }
 
-    /// Chains `event` stamped `time`. With `now`, the line (and every line held back before
+    /// Chains `event` stamped `at`. With `now`, the line (and every line held back before
     /// it) is in the file when this returns; otherwise it may wait for the next such append
     /// or [`AuditLog::flush`], which the recorder runs at least every 50 ms. The chain's
     /// order is the order of the calls either way.
-    pub fn append_at(&mut self, event: &Event, time: &str, now: bool) -> Result<(), AuditError> {
+    pub fn append_at(
+        &mut self,
+        event: &Event,
+        at: time::OffsetDateTime,
+        now: bool,
+    ) -> Result<(), AuditError> {
         let seq = self.seq + 1;
         let start = self.pending.len();
         let built = (|| -> Result<(), AuditError> {
             let line = &mut self.pending;
             line.extend_from_slice(b"{\"seq\":");
             line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            line.extend_from_slice(b",\"time\":");
-            serde_json::to_writer(&mut *line, time)?;
-            line.extend_from_slice(b",\"prev\":\"");
+            line.extend_from_slice(b",\"time\":\"");
+            super::json::timestamp(at, 9, line);
+            line.extend_from_slice(b"\",\"prev\":\"");
             line.extend_from_slice(self.prev.as_bytes());
             line.extend_from_slice(b"\",\"event\":");
             serde_json::to_writer(&mut *line, event)?;
@@ -178,12 +183,14 @@ impl AuditLog {
             self.pending.truncate(start);
             return Err(e);
         }
-        let hash = chain_hash_bytes(&self.pending[start..]);
+        let hash = chain_hash_hex(&self.pending[start..]);
         self.pending.extend_from_slice(b",\"hash\":\"");
-        self.pending.extend_from_slice(hash.as_bytes());
+        self.pending.extend_from_slice(&hash);
         self.pending.extend_from_slice(b"\"}\n");
         self.seq = seq;
-        self.prev = hash;
+        self.prev.clear();
+        // Hex digits are ASCII.
+        self.prev.extend(hash.iter().map(|&b| char::from(b)));
         self.appended += 1;
         if now || self.pending.len() >= PENDING_MAX {
             self.flush()?;
@@ -274,23 +281,19 @@ fn head_path(path: &Path) -> PathBuf {
 }
 
 fn chain_hash(body: &str) -> String {
-    chain_hash_bytes(body.as_bytes())
+    let hex = chain_hash_hex(body.as_bytes());
+    hex.iter().map(|&b| char::from(b)).collect()
 }
 
-fn chain_hash_bytes(body: &[u8]) -> String {
+/// The SHA-256 of `body` and a closing brace, as lowercase hex.
+fn chain_hash_hex(body: &[u8]) -> [u8; 64] {
     let mut hasher = Sha256::new();
     hasher.update(body);
     hasher.update(b"}");
-    hex::encode(hasher.finalize())
-}
-
-fn now_rfc3339() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
-}
-
-pub(super) fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| String::from("unknown"))
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(hasher.finalize(), &mut hex);
+    hex
 }
 
 struct Record {
@@ -483,16 +486,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let mut log = AuditLog::open(&path).expect("open");
-        log.append_at(&event(1), "t", false).expect("append");
-        log.append_at(&event(2), "t", false).expect("append");
+        log.append_at(&event(1), time::OffsetDateTime::now_utc(), false)
+            .expect("append");
+        log.append_at(&event(2), time::OffsetDateTime::now_utc(), false)
+            .expect("append");
         assert!(lines(&path).is_empty(), "held back until written");
-        log.append_at(&event(3), "t", true).expect("append");
+        log.append_at(&event(3), time::OffsetDateTime::now_utc(), true)
+            .expect("append");
         let written = lines(&path);
         assert_eq!(written.len(), 3);
         for (n, line) in written.iter().enumerate() {
             assert!(line.starts_with(&format!("{{\"seq\":{},", n + 1)), "{line}");
         }
-        log.append_at(&event(4), "t", false).expect("append");
+        log.append_at(&event(4), time::OffsetDateTime::now_utc(), false)
+            .expect("append");
         log.sync().expect("sync writes what is held back first");
         assert_eq!(lines(&path).len(), 4);
         assert_eq!(

@@ -207,8 +207,7 @@ impl Line<'_> {
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
-        // Writing a str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *self.0, value);
+        super::json::string(value, self.0);
         self
     }
 
@@ -216,8 +215,18 @@ impl Line<'_> {
         self.str(key, value.unwrap_or(""))
     }
 
+    /// The values joined by commas, in one string.
     fn list(&mut self, key: &str, values: &[String]) -> &mut Self {
-        self.str(key, &values.join(","))
+        self.key(key);
+        self.0.push(b'"');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.0.push(b',');
+            }
+            super::json::contents(value, self.0);
+        }
+        self.0.push(b'"');
+        self
     }
 
     fn num(&mut self, key: &str, value: u64) -> &mut Self {
@@ -240,14 +249,21 @@ impl Event {
             }
             Event::ConnectionDecided(_) => ("INFO", "connection allowed".into()),
             Event::ConnectionClosed(_) => ("INFO", "connection closed".into()),
-            Event::Statement(e) => ("INFO", format!("statement {}", e.decision).into()),
+            Event::Statement(e) => (
+                "INFO",
+                match e.decision.as_str() {
+                    "allow" => "statement allow".into(),
+                    "deny" => "statement deny".into(),
+                    other => format!("statement {other}").into(),
+                },
+            ),
             Event::StatementDone(_) => ("INFO", "statement done".into()),
             Event::Grant(e) => ("INFO", format!("grant {}", e.action).into()),
             Event::Approval(e) => ("INFO", format!("approval {}", e.action).into()),
             Event::StreamFrame(_) => return false,
         };
         out.extend_from_slice(b"{\"timestamp\":\"");
-        write_timestamp(at, out);
+        super::json::timestamp(at, 6, out);
         out.extend_from_slice(b"\"");
         let mut line = Line(out);
         line.str("level", level).str("message", &message);
@@ -486,20 +502,4 @@ impl Event {
             ),
         }
     }
-}
-
-/// `2026-12-03T06:51:08.969074Z`: UTC, microseconds, as log shippers parse it.
-fn write_timestamp(at: time::OffsetDateTime, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.microsecond()
-    );
 }

@@ -109,16 +109,21 @@ impl Scope<'_> {
     }
 }
 
+/// Tables looked up, and until when what was learnt of them may be relied on.
+#[derive(Debug)]
+pub struct Tables {
+    pub found: HashMap<u32, Arc<Table>>,
+    /// When the oldest of them is due to be looked up again.
+    pub fresh_until: Instant,
+}
+
 impl Catalogs {
     /// The tables behind `oids` (0, an expression, is never looked up).
-    pub async fn tables(
-        &self,
-        scope: &Scope<'_>,
-        oids: &[u32],
-    ) -> Result<HashMap<u32, Arc<Table>>, PgError> {
+    pub async fn tables(&self, scope: &Scope<'_>, oids: &[u32]) -> Result<Tables, PgError> {
         let key = scope.key();
         let mut found = HashMap::new();
         let mut missing = Vec::new();
+        let mut fresh_until = Instant::now() + CACHE_FOR;
         {
             let cache = lock(&self.tables);
             for &oid in oids {
@@ -127,6 +132,7 @@ impl Catalogs {
                 }
                 match cache.get(&(key.clone(), oid)) {
                     Some((at, table)) if at.elapsed() < CACHE_FOR => {
+                        fresh_until = fresh_until.min(*at + CACHE_FOR);
                         found.insert(oid, Arc::clone(table));
                     }
                     _ => missing.push(oid),
@@ -134,7 +140,7 @@ impl Catalogs {
             }
         }
         if missing.is_empty() {
-            return Ok(found);
+            return Ok(Tables { found, fresh_until });
         }
         let list = missing
             .iter()
@@ -184,7 +190,7 @@ impl Catalogs {
             cache.insert((key.clone(), oid), (Instant::now(), Arc::clone(&table)));
             found.insert(oid, table);
         }
-        Ok(found)
+        Ok(Tables { found, fresh_until })
     }
 
     /// The columns `sql` would return, without running it.

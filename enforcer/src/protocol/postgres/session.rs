@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::Mutex as StdMutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{BufMut, BytesMut};
@@ -36,7 +36,7 @@ use tokio::{
 
 use super::{
     PgError,
-    catalog::{Described, Scope},
+    catalog::{Described, Scope, Tables},
     classify::{Classified, Classifier},
     copy::{CopyFormat, CopyMasker},
     frame::{DataRowValues, FrameReader, body, decode},
@@ -340,6 +340,7 @@ pub async fn run(
         database,
         user: secret.user.clone(),
         classifier: StdMutex::default(),
+        last_description: StdMutex::default(),
     };
     let result = tokio::select! {
         r = session.client_to_server(&mut creader, &mut uw) => r,
@@ -475,7 +476,19 @@ struct Session<'a, W> {
     database: String,
     user: String,
     classifier: StdMutex<Classifier>,
+    last_description: StdMutex<Option<DescriptionMemo>>,
 }
+
+/// The last RowDescription the server sent and the columns it was resolved to.
+struct DescriptionMemo {
+    frame: Vec<u8>,
+    columns: Vec<Column>,
+    /// Until when the catalog names behind `columns` may be relied on.
+    fresh_until: Instant,
+}
+
+/// How long a description resolved without the catalog (no column rules) is reused.
+const REUSE_DESCRIPTION_FOR: Duration = Duration::from_secs(30);
 
 /// A statement prepared by the client, as decided at Parse.
 #[derive(Clone)]
@@ -764,7 +777,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 .describe(&self.scope(), &copy.describe)
                 .await
             {
-                Ok(described) => Ok(self.resolve(described, &[]).await),
+                Ok(described) => Ok(self.resolve(described, &[]).await.0),
                 Err(e) => Err(format!(
                     "the columns of this COPY cannot be learnt, so its output cannot be masked ({e})"
                 )),
@@ -793,8 +806,13 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     }
 
     /// Names the table columns behind described result columns (when a column rule needs
-    /// them); `binary` gives each column's result format.
-    async fn resolve(&self, described: Vec<Described>, binary: &[bool]) -> Vec<Column> {
+    /// them); `binary` gives each column's result format. Also says until when the answer
+    /// holds (`None`: a catalog lookup failed, so it should not be reused).
+    async fn resolve(
+        &self,
+        described: Vec<Described>,
+        binary: &[bool],
+    ) -> (Vec<Column>, Option<Instant>) {
         let profile = &self.resource.masking;
         let tables = if profile.has_column_rules() {
             let oids: Vec<u32> = described.iter().map(|d| d.table_oid).collect();
@@ -813,9 +831,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 }
             }
         } else {
-            Some(HashMap::new())
+            Some(Tables {
+                found: HashMap::new(),
+                fresh_until: Instant::now() + REUSE_DESCRIPTION_FOR,
+            })
         };
-        described
+        let columns = described
             .into_iter()
             .enumerate()
             .map(|(i, d)| {
@@ -824,7 +845,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 } else {
                     match tables
                         .as_ref()
-                        .and_then(|t| t.get(&d.table_oid))
+                        .and_then(|t| t.found.get(&d.table_oid))
                         .and_then(|t| t.column(d.attnum).map(|c| (t, c)))
                     {
                         Some((table, column)) => {
@@ -840,7 +861,50 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     binary: binary.get(i).copied().unwrap_or(false),
                 }
             })
-            .collect()
+            .collect();
+        (columns, tables.map(|t| t.fresh_until))
+    }
+
+    /// The columns of a RowDescription: those of the last one when it is the same message
+    /// and what they were resolved from still holds (a client repeating one query pays for
+    /// decoding and naming its columns once), else decoded and resolved.
+    async fn row_columns(
+        &self,
+        frame: &BytesMut,
+        bctx: &DecodeContext,
+    ) -> Result<Vec<Column>, PgError> {
+        if let Ok(memo) = self.last_description.lock()
+            && let Some(last) = memo.as_ref()
+            && last.frame == frame[..]
+            && Instant::now() < last.fresh_until
+        {
+            return Ok(last.columns.clone());
+        }
+        let PgWireBackendMessage::RowDescription(rd) =
+            decode(frame.clone(), |b| PgWireBackendMessage::decode(b, bctx))?
+        else {
+            return Err(PgError::Upstream("bad RowDescription".into()));
+        };
+        let binary: Vec<bool> = rd.fields.iter().map(|f| f.format_code == 1).collect();
+        let described = rd
+            .fields
+            .into_iter()
+            .map(|f| Described {
+                name: f.name,
+                table_oid: f.table_id as u32,
+                attnum: f.column_id,
+                type_oid: f.type_id,
+            })
+            .collect();
+        let (columns, fresh_until) = self.resolve(described, &binary).await;
+        if let (Some(fresh_until), Ok(mut memo)) = (fresh_until, self.last_description.lock()) {
+            *memo = Some(DescriptionMemo {
+                frame: frame.to_vec(),
+                columns: columns.clone(),
+                fresh_until,
+            });
+        }
+        Ok(columns)
     }
 
     /// Decides the one statement of a Parse.
@@ -1171,23 +1235,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     self.writer.lock().await.write_all(&out).await?;
                     out.clear();
                 }
-                let PgWireBackendMessage::RowDescription(rd) =
-                    decode(frame.clone(), |b| PgWireBackendMessage::decode(b, &bctx))?
-                else {
-                    return Err(PgError::Upstream("bad RowDescription".into()));
-                };
-                let binary: Vec<bool> = rd.fields.iter().map(|f| f.format_code == 1).collect();
-                let described = rd
-                    .fields
-                    .into_iter()
-                    .map(|f| Described {
-                        name: f.name,
-                        table_oid: f.table_id as u32,
-                        attnum: f.column_id,
-                        type_oid: f.type_id,
-                    })
-                    .collect();
-                Some(self.resolve(described, &binary).await)
+                Some(self.row_columns(&frame, &bctx).await?)
             } else {
                 None
             };
