@@ -293,3 +293,81 @@ fn sync_until_closed(shared: &Shared, gone: &mpsc::Receiver<()>) -> Result<u64, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(n: u64) -> Event {
+        Event::ConnectionClosed(ConnectionClosed {
+            connection: n,
+            workload: "w".into(),
+            rule: None,
+            bytes_to_upstream: 0,
+            bytes_to_client: 0,
+            duration_ms: 0,
+            error: None,
+        })
+    }
+
+    fn here() -> usize {
+        SERVED_HERE.with(|n| n.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn connections_are_counted_on_their_thread_while_they_live() {
+        let before = here();
+        let a = ServedHere::begin();
+        let b = ServedHere::begin();
+        assert_eq!(here(), before + 2);
+        std::thread::spawn(|| assert_eq!(here(), 0, "another thread counts its own"))
+            .join()
+            .expect("thread");
+        drop(a);
+        assert_eq!(here(), before + 1);
+        drop(b);
+        assert_eq!(here(), before);
+    }
+
+    #[test]
+    fn a_written_record_is_in_the_file_alone_on_its_thread_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).expect("open");
+        let (recorder, syncer) = Recorder::start(log, None).expect("start");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count()
+        };
+        let alone = ServedHere::begin();
+        runtime
+            .block_on(recorder.record_written(closed(1)))
+            .expect("recorded");
+        assert_eq!(
+            lines(),
+            1,
+            "written before the call returned, without a yield"
+        );
+        let other = ServedHere::begin();
+        runtime
+            .block_on(recorder.record_written(closed(2)))
+            .expect("recorded");
+        assert_eq!(
+            lines(),
+            2,
+            "written before the call returned, after a yield"
+        );
+        drop((alone, other));
+        drop(recorder);
+        assert_eq!(syncer.join().expect("syncer").expect("synced"), 2);
+        assert!(matches!(
+            audit::verify(&path).expect("verify"),
+            audit::Verdict::Intact { records: 2, .. }
+        ));
+    }
+}
