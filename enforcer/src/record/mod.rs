@@ -344,25 +344,22 @@ mod tests {
                 .lines()
                 .count()
         };
-        let alone = ServedHere::begin();
-        runtime
-            .block_on(recorder.record_written(closed(1)))
-            .expect("recorded");
-        assert_eq!(
-            lines(),
-            1,
-            "written before the call returned, without a yield"
-        );
-        let other = ServedHere::begin();
-        runtime
-            .block_on(recorder.record_written(closed(2)))
-            .expect("recorded");
-        assert_eq!(
-            lines(),
-            2,
-            "written before the call returned, after a yield"
-        );
-        drop((alone, other));
+        let mut served = Vec::new();
+        for (n, how) in [
+            (1, "alone on the thread, no yield"),
+            (2, "with company, after a yield"),
+        ] {
+            served.push(ServedHere::begin());
+            runtime
+                .block_on(recorder.record_written(closed(n)))
+                .expect("recorded");
+            assert_eq!(
+                lines(),
+                n as usize,
+                "in the file when the call returned, {how}"
+            );
+        }
+        drop(served);
         drop(recorder);
         assert_eq!(syncer.join().expect("syncer").expect("synced"), 2);
         assert!(matches!(
