@@ -7,6 +7,7 @@
 pub mod decision;
 pub mod kubernetes;
 pub mod postgres;
+pub mod statements;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 

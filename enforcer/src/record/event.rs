@@ -1,6 +1,6 @@
 //! What is recorded.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,17 +95,18 @@ pub struct ApprovalEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementDecided {
     pub connection: u64,
-    pub workload: String,
-    pub principal: String,
-    pub resource: String,
+    // Shared with the session that records them, not copied per statement.
+    pub workload: Arc<str>,
+    pub principal: Arc<str>,
+    pub resource: Arc<str>,
     /// e.g. `sql:write`
-    pub action: String,
+    pub action: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<String>,
     /// The statement as parsed (bounded).
     pub statement: String,
     /// allow | deny
-    pub decision: String,
+    pub decision: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
     /// The grant that allowed it, if one did.
@@ -140,7 +141,7 @@ pub struct ApiObject {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementDone {
     pub connection: u64,
-    pub resource: String,
+    pub resource: Arc<str>,
     /// The server's command tag (`DELETE 1`, `SELECT 3`), empty on error.
     pub tag: String,
     /// Rows sent to the client.
@@ -251,7 +252,7 @@ impl Event {
             Event::ConnectionClosed(_) => ("INFO", "connection closed".into()),
             Event::Statement(e) => (
                 "INFO",
-                match e.decision.as_str() {
+                match &*e.decision {
                     "allow" => "statement allow".into(),
                     "deny" => "statement deny".into(),
                     other => format!("statement {other}").into(),

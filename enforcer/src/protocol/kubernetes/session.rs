@@ -1111,13 +1111,13 @@ impl Session<'_> {
         ctx.recorder
             .record_written(Event::Statement(StatementDecided {
                 connection: self.conn.id,
-                workload: ctx.workload.to_owned(),
-                principal: ctx.principal.name.clone(),
-                resource: self.resource.name.clone(),
-                action: action.to_owned(),
+                workload: ctx.workload.into(),
+                principal: ctx.principal.name.as_str().into(),
+                resource: self.resource.name.as_str().into(),
+                action: action.to_owned().into(),
                 tables: Vec::new(),
                 statement: text.to_owned(),
-                decision: decision.to_owned(),
+                decision: decision.to_owned().into(),
                 policies,
                 grant,
                 approval,
@@ -1191,7 +1191,7 @@ impl Ending {
             .recorder
             .record_soon(Event::StatementDone(StatementDone {
                 connection: self.connection,
-                resource: self.resource,
+                resource: self.resource.into(),
                 tag,
                 rows_returned: 0,
                 rows_affected: None,

@@ -34,6 +34,16 @@ impl SqlClass {
             SqlClass::Admin => "admin",
         }
     }
+
+    /// The Cedar action deciding statements of this class.
+    pub fn action(self) -> &'static str {
+        match self {
+            SqlClass::Read => "sql:read",
+            SqlClass::Write => "sql:write",
+            SqlClass::Ddl => "sql:ddl",
+            SqlClass::Admin => "sql:admin",
+        }
+    }
 }
 
 impl fmt::Display for SqlClass {
@@ -211,9 +221,13 @@ impl Classifier {
             return classify(sql);
         };
         if let Some(known) = self.known.get(&key) {
-            let mut hit = known.clone();
-            hit.text = as_sent(sql).to_owned();
-            return Ok(vec![hit]);
+            return Ok(vec![Classified {
+                class: known.class,
+                tables: known.tables.clone(),
+                because: known.because.clone(),
+                text: as_sent(sql).to_owned(),
+                copy_out: None,
+            }]);
         }
         let classified = classify(sql)?;
         if let [one] = classified.as_slice()
@@ -222,7 +236,14 @@ impl Classifier {
             if self.known.len() >= SHAPES {
                 self.known.clear();
             }
-            self.known.insert(key, one.clone());
+            // The text is each statement's own.
+            self.known.insert(
+                key,
+                Classified {
+                    text: String::new(),
+                    ..one.clone()
+                },
+            );
         }
         Ok(classified)
     }

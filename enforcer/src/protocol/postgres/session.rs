@@ -11,9 +11,10 @@
 //! belongs to, and the replies to enforcer's own injected messages are not passed on.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::Mutex as StdMutex,
+    sync::{Arc, Mutex as StdMutex},
     time::{Duration, Instant},
 };
 
@@ -48,6 +49,7 @@ use crate::{
     protocol::{
         HandlerContext, PresentedToken,
         decision::{self, truncate},
+        statements::SessionStatements,
     },
     proxy::{Connection, RelayStats},
     record::{Event, StatementDecided, StatementDone},
@@ -341,6 +343,7 @@ pub async fn run(
         user: secret.user.clone(),
         classifier: StdMutex::default(),
         last_description: StdMutex::default(),
+        statements: SessionStatements::new(ctx, resource),
     };
     let result = tokio::select! {
         r = session.client_to_server(&mut creader, &mut uw) => r,
@@ -477,6 +480,7 @@ struct Session<'a, W> {
     user: String,
     classifier: StdMutex<Classifier>,
     last_description: StdMutex<Option<DescriptionMemo>>,
+    statements: SessionStatements,
 }
 
 /// The last RowDescription the server sent and the columns it was resolved to.
@@ -1013,7 +1017,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         record_allow: bool,
     ) -> Result<Verdict, PgError> {
         let class = stmt.class.as_str();
-        let action = format!("sql:{class}");
+        let action = stmt.class.action();
         let context = |grant: &str| {
             serde_json::json!({
                 "tables": stmt.tables.iter().collect::<Vec<_>>(),
@@ -1021,7 +1025,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 "grant": grant,
             })
         };
-        let outcome = decision::decide(self.ctx, self.resource, &action, class, context, consume)
+        let outcome = decision::decide(self.ctx, self.resource, action, class, context, consume)
             .await
             .map_err(|e| PgError::Upstream(e.to_string()))?;
         if !outcome.allowed {
@@ -1047,11 +1051,11 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         }
         let mut approval_id = None;
         if outcome.approval_required {
-            match self.hold(stmt, &action, &outcome.policies).await? {
+            match self.hold(stmt, action, &outcome.policies).await? {
                 Ok(id) => approval_id = Some(id),
                 Err((id, why)) => {
                     let message = decision::held_denial(
-                        &action,
+                        action,
                         &self.resource.name,
                         &why,
                         &outcome.policies,
@@ -1139,9 +1143,9 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     #[allow(clippy::too_many_arguments)]
     async fn record_text(
         &self,
-        action: &str,
+        action: &'static str,
         text: &str,
-        decision: &str,
+        decision: &'static str,
         policies: Vec<String>,
         grant: Option<String>,
         approval: Option<String>,
@@ -1158,13 +1162,13 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     async fn record(
         &self,
         stmt: &Classified,
-        decision: &str,
+        decision: &'static str,
         policies: Vec<String>,
         grant: Option<String>,
         approval: Option<String>,
         reason: Option<String>,
     ) -> Result<(), PgError> {
-        let mut event = self.decided(&format!("sql:{}", stmt.class), &stmt.text, decision);
+        let mut event = self.decided(stmt.class.action(), &stmt.text, decision);
         event.tables = stmt.tables.iter().cloned().collect();
         event.policies = policies;
         event.grant = grant;
@@ -1173,35 +1177,22 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         self.emit(event).await
     }
 
-    fn decided(&self, action: &str, text: &str, decision: &str) -> StatementDecided {
-        StatementDecided {
-            connection: self.conn.id,
-            workload: self.ctx.workload.to_owned(),
-            principal: self.ctx.principal.name.clone(),
-            resource: self.resource.name.clone(),
-            action: action.to_owned(),
-            tables: Vec::new(),
-            statement: truncate(text, RECORDED_TEXT),
-            decision: decision.to_owned(),
-            policies: Vec::new(),
-            grant: None,
-            approval: None,
-            reason: None,
-            object: None,
-            request: None,
-        }
+    fn decided(
+        &self,
+        action: &'static str,
+        text: &str,
+        decision: &'static str,
+    ) -> StatementDecided {
+        self.statements.decided(
+            self.conn.id,
+            Cow::Borrowed(action),
+            truncate(text, RECORDED_TEXT),
+            decision,
+        )
     }
 
     async fn emit(&self, event: StatementDecided) -> Result<(), PgError> {
-        self.ctx
-            .metrics
-            .statements
-            .get_or_create(&crate::metrics::StatementLabels {
-                resource: event.resource.clone(),
-                action: event.action.clone(),
-                decision: event.decision.clone(),
-            })
-            .inc();
+        self.statements.count(&event.action, &event.decision);
         // The statement goes on only once its record is in the audit file.
         self.ctx
             .recorder
@@ -1245,13 +1236,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 out.extend_from_slice(&bytes);
             }
             if let Some(done) = done {
-                self.ctx
-                    .metrics
-                    .upstream_seconds
-                    .get_or_create(&crate::metrics::ResourceLabels {
-                        resource: done.resource.clone(),
-                    })
-                    .observe(done.duration_us as f64 / 1e6);
+                self.statements.upstream_took(done.duration_us);
                 self.ctx
                     .recorder
                     .record_soon(Event::StatementDone(done))
@@ -1313,7 +1298,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     .filter(|_| !text_tag.starts_with("SELECT"));
                 Some(StatementDone {
                     connection: self.conn.id,
-                    resource: self.resource.name.clone(),
+                    resource: Arc::clone(&self.statements.resource),
                     tag: text_tag,
                     rows_returned: rows,
                     rows_affected,
